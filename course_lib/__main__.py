@@ -1,0 +1,112 @@
+"""Command line: ``python -m course_lib COMMAND`` (also installed as ``course-lib``).
+
+Commands:
+  grade PATH...        run notebooks in fresh kernels, print a table, write JSON
+  build SRC DST        make learner notebooks from solution notebooks
+  execute PATH...      execute solution notebooks in place (refresh outputs)
+  env                  print the environment report of chapter 00
+  bench NAME           run a benchmark (formats)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _grade(args) -> int:
+    from .grading.report import GradingError, grade_paths
+
+    try:
+        report = grade_paths(args.paths, cell_timeout=args.cell_timeout,
+                             notebook_timeout=args.notebook_timeout, kernel=args.kernel,
+                             output_limit=args.output_limit, executed_dir=args.save_executed,
+                             progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    except GradingError as exc:
+        print(f"grade: {exc}", file=sys.stderr)
+        return 2
+    print(report.table())
+    if args.json:
+        report.write_json(args.json)
+        print(f"\nJSON report written to {args.json}")
+    if report.grading_failed:
+        print("grade: grading failed for at least one notebook (see GRADING FAILED above)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _build(args) -> int:
+    from .grading.builder import BuildError, build
+
+    try:
+        changed = build(args.solutions, args.notebooks)
+    except BuildError as exc:
+        print(f"build: {exc}", file=sys.stderr)
+        return 2
+    print(f"build: {len(changed)} notebook(s) written" + "".join(f"\n  {p}" for p in changed))
+    return 0
+
+
+def _execute(args) -> int:
+    from .grading.execute import execute_paths
+
+    execute_paths(args.paths, timeout=args.timeout)
+    return 0
+
+
+def _env(args) -> int:
+    from .env import environment_report
+
+    print(environment_report())
+    return 0
+
+
+def _bench(args) -> int:
+    if args.name == "formats":
+        from . import bench_formats
+
+        return bench_formats.main(args.rest) or 0
+    print(f"bench: unknown benchmark {args.name!r}; available: formats", file=sys.stderr)
+    return 2
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m course_lib", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("grade", help="grade notebooks (files or folders)")
+    g.add_argument("paths", nargs="+")
+    g.add_argument("--json", default="grade_report.json", help="JSON report path ('' for none)")
+    g.add_argument("--cell-timeout", type=float, default=120, help="seconds per cell (120)")
+    g.add_argument("--notebook-timeout", type=float, default=900, help="seconds per notebook (900)")
+    g.add_argument("--kernel", default=None, help="kernelspec name (default: this Python)")
+    g.add_argument("--output-limit", type=int, default=1_000_000,
+                   help="characters of output kept per cell (1,000,000)")
+    g.add_argument("--save-executed", default=None, help="folder for the executed notebooks")
+    g.set_defaults(func=_grade)
+
+    b = sub.add_parser("build", help="make learner notebooks from solutions")
+    b.add_argument("solutions", nargs="?", default="solutions")
+    b.add_argument("notebooks", nargs="?", default="notebooks")
+    b.set_defaults(func=_build)
+
+    e = sub.add_parser("execute", help="execute solution notebooks in place")
+    e.add_argument("paths", nargs="+")
+    e.add_argument("--timeout", type=float, default=600, help="seconds per cell (600)")
+    e.set_defaults(func=_execute)
+
+    v = sub.add_parser("env", help="print the environment report")
+    v.set_defaults(func=_env)
+
+    n = sub.add_parser("bench", help="run a benchmark")
+    n.add_argument("name")
+    n.add_argument("rest", nargs=argparse.REMAINDER)
+    n.set_defaults(func=_bench)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""Which device the course runs on: one helper, used everywhere.
+
+``default_device()`` is ``"cuda"`` when a CUDA GPU is available and ``"cpu"``
+otherwise. Every chapter and every course_lib function that needs a device
+asks here, so the whole course moves to the GPU without edits. Introduced in
+chapter 00 (notebooks/00_orientation.ipynb).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+#: Environment variable that forces a device (e.g. ``COURSE_DEVICE=cpu`` on a
+#: GPU machine to reproduce the CPU results).
+DEVICE_ENV = "COURSE_DEVICE"
+
+
+def default_device() -> str:
+    """Return ``"cuda"`` if a CUDA GPU is usable, else ``"cpu"``.
+
+    ``COURSE_DEVICE`` overrides the choice (allowed: ``cpu``, ``cuda``).
+
+    >>> default_device() in ("cpu", "cuda")
+    True
+    """
+    forced = os.environ.get(DEVICE_ENV, "").strip().lower()
+    if forced:
+        if forced not in ("cpu", "cuda"):
+            raise ValueError(f"{DEVICE_ENV}={forced!r} is not a device the course supports; "
+                             "allowed: 'cpu', 'cuda'")
+        if forced == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"{DEVICE_ENV}=cuda but torch.cuda.is_available() is False "
+                             f"(torch {torch.__version__}); unset {DEVICE_ENV} or use 'cpu'")
+        return forced
+    return "cuda" if torch.cuda.is_available() else "cpu"

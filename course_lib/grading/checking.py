@@ -1,0 +1,196 @@
+"""``check(exercise_id, obj)``: grade one exercise inside a notebook.
+
+Algorithm: look the exercise up in the registry; draw a fresh seed; build its
+cases (edge cases plus randomized inputs); for each case call the learner's
+function and the reference on independent deep copies of the inputs, the
+learner's call under a time limit and with its printing captured; compare with
+the exercise's comparator. The first case that does not pass decides the
+status; points are all or nothing.
+
+Statuses: ``passed``, ``failed`` (wrong answer), ``error`` (the learner's code
+raised, or returned something unusable), ``timeout``, ``not implemented``
+(the stub's ``NotImplementedError``), and, from the command-line grader only,
+``not run``.
+
+``check`` never raises and never hangs. It prints a short report and returns a
+:class:`CheckResult`. When the environment variable ``COURSE_LIB_RESULTS``
+names a file (the command-line grader sets it), the result is also appended
+there as one JSON line. Introduced in chapter 00 (notebooks/00_orientation.ipynb).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import os
+import random
+import sys
+import traceback
+from dataclasses import asdict, dataclass, field
+
+from .compare import short
+from .registry import Case, Exercise, get_exercise
+from .timelimit import CheckTimeout, call_with_time_limit
+
+RESULTS_ENV = "COURSE_LIB_RESULTS"
+STATUSES = ("passed", "failed", "error", "timeout", "not implemented", "not run")
+
+
+@dataclass
+class CheckResult:
+    """The outcome of one ``check`` call."""
+
+    exercise: str
+    status: str
+    points: int
+    max_points: int
+    passed_cases: int = 0
+    total_cases: int = 0
+    messages: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+    def report(self) -> str:
+        """The text ``check`` prints."""
+        mark = {"passed": "PASSED", "failed": "FAILED", "error": "ERROR",
+                "timeout": "TIMEOUT", "not implemented": "NOT IMPLEMENTED"}.get(self.status,
+                                                                                self.status.upper())
+        head = (f"[{mark}] {self.exercise}: {self.passed_cases}/{self.total_cases} cases passed, "
+                f"{self.points}/{self.max_points} points")
+        return "\n".join([head, *("  " + line for m in self.messages for line in m.splitlines())])
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return self.report()
+
+    def __repr__(self) -> str:
+        return f"<CheckResult {self.exercise}: {self.status}, {self.points}/{self.max_points} points>"
+
+    def _ipython_display_(self):
+        # check() has already printed the report; showing it again when check(...)
+        # is the last line of a cell would only repeat it. print(result) shows it.
+        pass
+
+
+def check(exercise_id: str, obj, *, record: bool = True, quiet: bool = False,
+          seed: int | None = None) -> CheckResult:
+    """Grade ``obj`` (usually your function) against exercise ``exercise_id``.
+
+    Prints a short report and returns a :class:`CheckResult`; never raises.
+    ``record=False`` keeps the result out of the command-line grader's report
+    (for demonstrations); ``seed`` fixes the random cases (default: fresh).
+
+    Example::
+
+        check("00.parameter_bytes", parameter_bytes)
+    """
+    try:
+        result = _run(exercise_id, obj, seed)
+    except BaseException as exc:  # the grader itself failed: still report, never raise
+        result = CheckResult(str(exercise_id), "error", 0, 0,
+                             messages=[f"internal grader error: {type(exc).__name__}: {exc}",
+                                       "please report this to the course maintainers"])
+    if not quiet:
+        print(result.report())
+    if record:
+        _record(result)
+    return result
+
+
+def _record(result: CheckResult) -> None:
+    path = os.environ.get(RESULTS_ENV)
+    if not path:
+        return
+    try:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(result.to_json()) + "\n")
+    except OSError as exc:
+        print(f"(could not record the result for the grader: {exc})", file=sys.stderr)
+
+
+def _run(exercise_id, obj, seed) -> CheckResult:
+    try:
+        ex = get_exercise(exercise_id)
+    except KeyError as exc:
+        return CheckResult(str(exercise_id), "error", 0, 0, messages=[str(exc.args[0])])
+
+    def result(status, passed, total, *messages):
+        points = ex.points if status == "passed" else 0
+        return CheckResult(ex.id, status, points, ex.points, passed, total, list(messages), seed)
+
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**32)
+    if not callable(obj):
+        return result("error", 0, 0,
+                      f"expected a function to test, got {type(obj).__name__}: {short(obj)}",
+                      "pass the function itself, e.g. check(id, my_function), not its result")
+    cases = list(ex.cases(random.Random(seed)))
+    total = len(cases)
+    for done, case in enumerate(cases):
+        expected = ex.reference(*copy.deepcopy(case.args), **copy.deepcopy(case.kwargs))
+        outcome, got, detail = _call_learner(obj, case, ex.time_limit)
+        where = f"case {done + 1}/{total} ({case.label}), input {_describe(case)}"
+        if outcome == "not implemented":
+            return result("not implemented", done, total, f"not implemented yet ({detail})")
+        if outcome == "timeout":
+            return result("timeout", done, total, f"{where}: {detail}",
+                          f"each case must finish within {ex.time_limit:g} s; look for a loop that never ends")
+        if outcome == "error":
+            return result("error", done, total, f"{where}: your code raised {detail}",
+                          *([f"hint: {ex.hint}"] if ex.hint else []))
+        reason = ex.compare(expected, got)
+        if reason:
+            if not case.show_expected:
+                reason = "wrong answer (the expected value is not shown for this case)"
+            lines = [f"{where}", f"  {reason}"]
+            if case.show_expected and short(expected) not in reason:
+                lines.append(f"  expected: {short(expected)}")
+            if short(got) not in reason:
+                lines.append(f"  got:      {short(got)}")
+            if ex.hint:
+                lines.append(f"hint: {ex.hint}")
+            return result("failed", done, total, *lines)
+    return result("passed", total, total)
+
+
+def _describe(case: Case) -> str:
+    parts = [short(a, 80) for a in case.args]
+    parts += [f"{k}={short(v, 80)}" for k, v in case.kwargs.items()]
+    return "(" + ", ".join(parts) + ")"
+
+
+def _call_learner(fn, case: Case, time_limit: float):
+    """Run the learner's function on one case: (outcome, value, detail)."""
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            got = call_with_time_limit(fn, time_limit, *copy.deepcopy(case.args),
+                                       **copy.deepcopy(case.kwargs))
+    except NotImplementedError as exc:
+        return "not implemented", None, str(exc) or "NotImplementedError"
+    except CheckTimeout as exc:
+        return "timeout", None, str(exc)
+    except SystemExit as exc:
+        return "error", None, f"SystemExit({exc.code!r}): do not call sys.exit() in an exercise"
+    except KeyboardInterrupt:
+        return "error", None, "KeyboardInterrupt (interrupted)"
+    except BaseException as exc:
+        return "error", None, _brief_traceback(exc)
+    # Whatever the function printed (possibly megabytes) is dropped: the report stays short.
+    return "ok", got, None
+
+
+def _brief_traceback(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    learner = [f for f in frames if "course_lib" not in f.filename]
+    line = ""
+    if learner:
+        f = learner[-1]
+        line = f" (in {f.name}, line {f.lineno}: {f.line})" if f.line else f" (in {f.name}, line {f.lineno})"
+    return f"{type(exc).__name__}: {exc}{line}"
