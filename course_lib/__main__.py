@@ -21,7 +21,7 @@ def _grade(args) -> int:
                              notebook_timeout=args.notebook_timeout, kernel=args.kernel,
                              output_limit=args.output_limit, executed_dir=args.save_executed,
                              progress=lambda msg: print(msg, file=sys.stderr, flush=True))
-    except GradingError as exc:
+    except (GradingError, ValueError) as exc:
         print(f"grade: {exc}", file=sys.stderr)
         return 2
     print(report.table())

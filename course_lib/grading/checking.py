@@ -178,8 +178,8 @@ def _call_learner(fn, case: Case, time_limit: float):
         return "timeout", None, str(exc)
     except SystemExit as exc:
         return "error", None, f"SystemExit({exc.code!r}): do not call sys.exit() in an exercise"
-    except KeyboardInterrupt:
-        return "error", None, "KeyboardInterrupt (interrupted)"
+    except KeyboardInterrupt:  # Jupyter's stop button, or the grader's cell time limit
+        return "timeout", None, "interrupted before it finished (the cell was stopped)"
     except BaseException as exc:
         return "error", None, _brief_traceback(exc)
     # Whatever the function printed (possibly megabytes) is dropped: the report stays short.

@@ -6,7 +6,10 @@ inside the running Python code, and re-raised every 0.5 s after that, so even
 a learner's ``while True: try: ... except: pass`` is stopped. ``CheckTimeout``
 derives from ``BaseException`` so ``except Exception`` in learner code does
 not swallow it. A long call inside C (one huge matmul) is interrupted when it
-returns to Python.
+returns to Python. What cannot be stopped from inside the process is a loop
+that catches *every* exception (``except BaseException`` or a bare
+``except:``) and goes on: in a notebook, interrupt the kernel; the
+command-line grader does that itself, and restarts the kernel if needed.
 
 Elsewhere (Windows, or a worker thread) the function runs in a daemon thread
 that is abandoned, still running, when the limit passes. Introduced in
