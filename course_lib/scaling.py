@@ -1,0 +1,323 @@
+"""Loss scaling: keep small fp16 gradients from flushing to zero.
+
+Algorithm. Before ``backward()`` multiply the loss by a scale ``S``; by the
+chain rule every gradient is multiplied by ``S`` too, lifting tiny values
+out of fp16's underflow range. Before the optimizer step, multiply the
+gradients by ``1/S`` ("unscale") and check them: if any is inf or NaN the
+scale was too large, so the step must be skipped.
+
+* ``StaticLossScaler``: ``S`` never changes.
+* ``DynamicLossScaler``: the rule of ``torch.amp.GradScaler`` -- on an
+  overflow multiply ``S`` by ``backoff_factor`` (and restart the count);
+  after ``growth_interval`` consecutive clean steps multiply it by
+  ``growth_factor`` (kept only if the result is finite). ``S`` is held in
+  float32 and every product is rounded to float32 exactly as torch does, so
+  the two produce the same scale trajectory step for step. Optional
+  ``min_scale``/``max_scale`` clamp ``S`` (torch has no such option; with the
+  defaults ``None`` nothing is clamped).
+
+The call order per step is ``scale(loss).backward()``, ``unscale_(grads)``
+(returns ``found_inf``), then ``update(found_inf)``.
+Introduced in chapter 04 (notebooks/04_loss_scaling.ipynb).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import torch
+
+__all__ = ["LossScaler", "StaticLossScaler", "DynamicLossScaler"]
+
+
+def _to_float32(x: float) -> float:
+    """Round a Python float to the nearest float32 (inf on overflow), as torch stores scales."""
+    return torch.tensor(x, dtype=torch.float64).to(torch.float32).item()
+
+
+def _check_scale(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a positive float, got {type(value).__name__} ({value!r})")
+    value = float(value)
+    if not (math.isfinite(value) and value > 0.0):
+        raise ValueError(f"{name} must be a positive, finite float, got {value!r}")
+    return value
+
+
+def _collect_grads(grads_or_params) -> list[torch.Tensor]:
+    """Gradients to unscale: ``.grad`` of parameters / of an optimizer's params, or the tensors."""
+    if isinstance(grads_or_params, torch.optim.Optimizer):
+        items: Iterable = [p for g in grads_or_params.param_groups for p in g["params"]]
+    elif isinstance(grads_or_params, torch.Tensor):
+        items = [grads_or_params]
+    else:
+        try:
+            items = list(grads_or_params)
+        except TypeError:
+            raise TypeError("unscale_() takes gradients or parameters: a Tensor, an iterable of "
+                            f"Tensors, or a torch.optim.Optimizer; got {type(grads_or_params).__name__}") \
+                from None
+    out = []
+    for t in items:
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"unscale_() got an element of type {type(t).__name__}; "
+                            "allowed: gradient tensors or parameters")
+        if isinstance(t, torch.nn.Parameter) or t.requires_grad:
+            if t.grad is not None:  # a parameter: unscale its gradient
+                out.append(t.grad)
+        else:
+            out.append(t)  # a gradient tensor itself
+    return out
+
+
+class LossScaler:
+    """Base class: a loss scale ``S`` with ``scale``/``unscale_``/``update``.
+
+    Subclasses implement ``_next_scale(found_inf)``. Use ``StaticLossScaler``
+    or ``DynamicLossScaler``.
+    """
+
+    def __init__(self, scale: float):
+        self._scale = _to_float32(_check_scale("scale", scale))
+        self._pending_found_inf: bool | None = None  # set by unscale_, consumed by update
+        #: Number of ``update()`` calls that saw an inf/NaN gradient.
+        self.overflow_count = 0
+
+    # -- the scale -----------------------------------------------------------
+    @property
+    def scale_value(self) -> float:
+        """The current loss scale ``S`` (a Python float, float32-representable)."""
+        return self._scale
+
+    def get_scale(self) -> float:
+        """Return the current loss scale (same as ``scale_value``; named like GradScaler's)."""
+        return self._scale
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(scale={self._scale!r})"
+
+    # -- the three steps -----------------------------------------------------
+    def scale(self, loss: torch.Tensor) -> torch.Tensor:
+        """Return ``loss * S`` (call ``.backward()`` on the result).
+
+        As in ``torch.amp.GradScaler``, ``S`` is a float32 tensor, so an fp16
+        or bf16 loss is promoted to float32 (an fp64 loss stays fp64).
+
+        Example:
+            >>> StaticLossScaler(8.0).scale(torch.tensor(0.5))
+            tensor(4.)
+        """
+        if not isinstance(loss, torch.Tensor):
+            raise TypeError(f"scale() takes a loss Tensor, got {type(loss).__name__}")
+        return loss * torch.full((), self._scale, dtype=torch.float32, device=loss.device)
+
+    def unscale_(self, grads_or_params) -> bool:
+        """Multiply gradients in place by ``1/S``; return ``True`` if any is inf/NaN.
+
+        Algorithm (as ``torch.amp.GradScaler.unscale_``): ``inv = float32(1 /
+        float64(S))``; every gradient is checked for non-finite values
+        *before* the multiplication, then multiplied by ``inv``. The result is
+        remembered for ``update()``. Call it once per step.
+
+        Args:
+            grads_or_params: gradient tensors, parameters (their ``.grad`` is
+                used; ``None`` grads are skipped), a single tensor, or a
+                ``torch.optim.Optimizer`` (its parameters' grads).
+
+        Returns:
+            bool: ``found_inf``.
+
+        Example:
+            >>> s = StaticLossScaler(4.0); g = torch.tensor([8.0, float("inf")])
+            >>> s.unscale_([g]), g
+            (True, tensor([2., inf]))
+        """
+        if self._pending_found_inf is not None:
+            raise RuntimeError("unscale_() has already been called on this scaler since the last "
+                               "update(); call update() to finish this step before unscaling again.")
+        grads = _collect_grads(grads_or_params)
+        inv = torch.full((), self._scale, dtype=torch.float64).reciprocal().to(torch.float32)
+        found_inf = False
+        with torch.no_grad():
+            if grads:
+                finite = torch.stack([torch.isfinite(g).all().to(grads[0].device) for g in grads])
+                found_inf = not bool(finite.all())
+                for g in grads:
+                    g.mul_(inv.to(g.device))
+        self._pending_found_inf = found_inf
+        return found_inf
+
+    def update(self, found_inf: bool | None = None) -> None:
+        """Finish the step: adjust ``S`` given whether this step overflowed.
+
+        Args:
+            found_inf (bool | None, default None): ``None`` uses the result of
+                this step's ``unscale_()``; a bool is OR-ed with it (or used
+                alone if ``unscale_()`` was not called).
+
+        Example:
+            >>> s = DynamicLossScaler(init_scale=1024.0); s.update(found_inf=True); s.get_scale()
+            512.0
+        """
+        if found_inf is None:
+            if self._pending_found_inf is None:
+                raise RuntimeError("No inf checks were recorded prior to update(): call "
+                                   "unscale_(grads) first, or pass update(found_inf=True/False).")
+            found = self._pending_found_inf
+        else:
+            is_flag = isinstance(found_inf, (bool, int)) or type(found_inf).__name__ == "bool_"
+            if not is_flag and not (isinstance(found_inf, torch.Tensor) and found_inf.numel() == 1):
+                raise TypeError(f"found_inf must be a bool or None, got {type(found_inf).__name__}")
+            found = bool(found_inf) or bool(self._pending_found_inf)
+        self._pending_found_inf = None
+        if found:
+            self.overflow_count += 1
+        self._scale = self._next_scale(found)
+
+    def _next_scale(self, found_inf: bool) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- checkpoints ---------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Return the scaler's state as a dict of Python numbers (call it after ``update()``)."""
+        return {"scale": self._scale, "overflow_count": self.overflow_count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the state saved by ``state_dict()``."""
+        if not isinstance(state, dict):
+            raise TypeError(f"load_state_dict() takes a dict, got {type(state).__name__}")
+        if "scale" not in state:
+            raise ValueError(f"state dict lacks the key 'scale' (has {sorted(state)}); "
+                             "pass the dict returned by state_dict()")
+        self._scale = _to_float32(_check_scale("state['scale']", state["scale"]))
+        self.overflow_count = int(state.get("overflow_count", 0))
+        self._pending_found_inf = None
+
+
+class StaticLossScaler(LossScaler):
+    """A fixed loss scale.
+
+    Algorithm: ``S`` never changes; ``unscale_`` still reports overflows so
+    the caller can skip the step.
+
+    Args:
+        scale (float, default 128.0): the loss scale ``S`` (> 0; powers of two
+            make scaling and unscaling exact).
+
+    Example:
+        >>> s = StaticLossScaler(128.0)
+        >>> s.update(found_inf=True); s.get_scale(), s.overflow_count
+        (128.0, 1)
+    """
+
+    def __init__(self, scale: float = 128.0):
+        super().__init__(scale)
+
+    def _next_scale(self, found_inf: bool) -> float:
+        return self._scale
+
+
+class DynamicLossScaler(LossScaler):
+    """The dynamic loss scale of ``torch.amp.GradScaler``.
+
+    Algorithm (per ``update(found_inf)``)::
+
+        if found_inf:  S = f32(S * backoff_factor); tracker = 0
+        else:          tracker += 1
+                       if tracker == growth_interval:
+                           if isfinite(f32(S * growth_factor)): S = f32(S * growth_factor)
+                           tracker = 0
+        S = clamp(S, min_scale, max_scale)      # only the bounds that are not None
+
+    where ``f32`` rounds the float64 product to float32, as torch's kernel does.
+
+    Args:
+        init_scale (float, default 2.**16): the first ``S``.
+        growth_factor (float, default 2.0): > 1.
+        backoff_factor (float, default 0.5): in (0, 1).
+        growth_interval (int, default 2000): clean steps between growths.
+        min_scale (float | None, default None): lower bound for ``S``.
+        max_scale (float | None, default None): upper bound for ``S``.
+
+    Example:
+        >>> s = DynamicLossScaler(init_scale=8.0, growth_interval=2)
+        >>> for inf in (False, False, True): s.update(inf)
+        >>> s.get_scale()
+        8.0
+    """
+
+    def __init__(self, init_scale: float = 2.0 ** 16, growth_factor: float = 2.0,
+                 backoff_factor: float = 0.5, growth_interval: int = 2000,
+                 min_scale: float | None = None, max_scale: float | None = None):
+        super().__init__(_check_scale("init_scale", init_scale))
+        self.growth_factor = _check_scale("growth_factor", growth_factor)
+        if self.growth_factor <= 1.0:
+            raise ValueError(f"growth_factor must be > 1.0, got {growth_factor!r}")
+        self.backoff_factor = _check_scale("backoff_factor", backoff_factor)
+        if self.backoff_factor >= 1.0:
+            raise ValueError(f"backoff_factor must be in (0, 1), got {backoff_factor!r}")
+        if isinstance(growth_interval, bool) or not isinstance(growth_interval, int):
+            raise TypeError(f"growth_interval must be a positive int, got {type(growth_interval).__name__}")
+        if growth_interval < 1:
+            raise ValueError(f"growth_interval must be a positive int, got {growth_interval!r}")
+        self.growth_interval = growth_interval
+        self.min_scale = None if min_scale is None else _check_scale("min_scale", min_scale)
+        self.max_scale = None if max_scale is None else _check_scale("max_scale", max_scale)
+        if self.min_scale is not None and self.max_scale is not None and self.min_scale > self.max_scale:
+            raise ValueError(f"min_scale={min_scale} is larger than max_scale={max_scale}")
+        self._scale = self._clamp(self._scale)
+        #: Consecutive clean steps since the last growth or overflow.
+        self.growth_tracker = 0
+
+    def __repr__(self) -> str:
+        return (f"DynamicLossScaler(scale={self._scale!r}, growth_tracker={self.growth_tracker}, "
+                f"growth_factor={self.growth_factor}, backoff_factor={self.backoff_factor}, "
+                f"growth_interval={self.growth_interval})")
+
+    def _clamp(self, s: float) -> float:
+        if self.min_scale is not None and s < self.min_scale:
+            s = _to_float32(self.min_scale)
+        if self.max_scale is not None and s > self.max_scale:
+            s = _to_float32(self.max_scale)
+        return s
+
+    def _next_scale(self, found_inf: bool) -> float:
+        s = self._scale
+        if found_inf:
+            s = _to_float32(s * self.backoff_factor)
+            self.growth_tracker = 0
+        else:
+            self.growth_tracker += 1
+            if self.growth_tracker == self.growth_interval:
+                grown = _to_float32(s * self.growth_factor)
+                if math.isfinite(grown):
+                    s = grown
+                self.growth_tracker = 0
+        return self._clamp(s)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the state; the first five keys match ``torch.amp.GradScaler.state_dict()``.
+
+        Example:
+            >>> sorted(DynamicLossScaler().state_dict())[:3]
+            ['_growth_tracker', 'backoff_factor', 'growth_factor']
+        """
+        return {"scale": self._scale, "growth_factor": self.growth_factor,
+                "backoff_factor": self.backoff_factor, "growth_interval": self.growth_interval,
+                "_growth_tracker": self.growth_tracker, "min_scale": self.min_scale,
+                "max_scale": self.max_scale, "overflow_count": self.overflow_count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state from ``state_dict()`` -- or from a ``GradScaler.state_dict()``."""
+        super().load_state_dict(state)
+        missing = [k for k in ("growth_factor", "backoff_factor", "growth_interval", "_growth_tracker")
+                   if k not in state]
+        if missing:
+            raise ValueError(f"state dict lacks the keys {missing}; pass the dict returned by "
+                             "DynamicLossScaler.state_dict() or torch.amp.GradScaler.state_dict()")
+        self.growth_factor = float(state["growth_factor"])
+        self.backoff_factor = float(state["backoff_factor"])
+        self.growth_interval = int(state["growth_interval"])
+        self.growth_tracker = int(state["_growth_tracker"])
+        self.min_scale = state.get("min_scale", self.min_scale)
+        self.max_scale = state.get("max_scale", self.max_scale)
