@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 
 from .compare import short
 from .registry import Case, Exercise, get_exercise
+from .guards import ForbiddenDtype, forbid_dtypes
 from .timelimit import CheckTimeout, call_with_time_limit
 
 RESULTS_ENV = "COURSE_LIB_RESULTS"
@@ -134,13 +135,16 @@ def _run(exercise_id, obj, seed) -> CheckResult:
     total = len(cases)
     for done, case in enumerate(cases):
         expected = ex.reference(*copy.deepcopy(case.args), **copy.deepcopy(case.kwargs))
-        outcome, got, detail = _call_learner(obj, case, ex.time_limit)
+        outcome, got, detail = _call_learner(obj, case, ex.time_limit, ex.forbidden_dtypes)
         where = f"case {done + 1}/{total} ({case.label}), input {_describe(case)}"
         if outcome == "not implemented":
             return result("not implemented", done, total, f"not implemented yet ({detail})")
         if outcome == "timeout":
             return result("timeout", done, total, f"{where}: {detail}",
                           f"each case must finish within {ex.time_limit:g} s; look for a loop that never ends")
+        if outcome == "forbidden":
+            return result("failed", done, total, f"{where}: {detail}",
+                          *([f"hint: {ex.hint}"] if ex.hint else []))
         if outcome == "error":
             return result("error", done, total, f"{where}: your code raised {detail}",
                           *([f"hint: {ex.hint}"] if ex.hint else []))
@@ -165,15 +169,17 @@ def _describe(case: Case) -> str:
     return "(" + ", ".join(parts) + ")"
 
 
-def _call_learner(fn, case: Case, time_limit: float):
+def _call_learner(fn, case: Case, time_limit: float, forbidden=()):
     """Run the learner's function on one case: (outcome, value, detail)."""
     out = io.StringIO()
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out), forbid_dtypes(forbidden):
             got = call_with_time_limit(fn, time_limit, *copy.deepcopy(case.args),
                                        **copy.deepcopy(case.kwargs))
     except NotImplementedError as exc:
         return "not implemented", None, str(exc) or "NotImplementedError"
+    except ForbiddenDtype as exc:
+        return "forbidden", None, str(exc)
     except CheckTimeout as exc:
         return "timeout", None, str(exc)
     except SystemExit as exc:

@@ -140,3 +140,17 @@ def _diff_tensor(exp, got, rtol, atol, bitwise, check_dtype, at) -> str | None:
     where = f"index {list(idx)}" if idx else "the value"
     return (f"{at}{n_bad} of {bad.numel()} values differ; first at {where}: "
             f"expected {_fmt(e[idx].item())}, got {_fmt(g[idx].item())}")
+
+
+def same_float(expected, got) -> str | None:
+    """Comparator for one float: equal, with NaN == NaN and -0.0 != +0.0."""
+    if isinstance(got, torch.Tensor) and got.numel() == 1:
+        got = got.item()
+    if isinstance(got, bool) or not isinstance(got, Real):
+        return f"expected a float, got {type(got).__name__}: {short(got)}"
+    e, g = float(expected), float(got)
+    if math.isnan(e) and math.isnan(g):
+        return None
+    if e == g and math.copysign(1.0, e) == math.copysign(1.0, g):
+        return None
+    return f"expected {e!r}, got {g!r}"

@@ -10,7 +10,10 @@ answer, declared in one place (``course_lib/exercises/chNN_*.py``):
   randomized ones drawn from ``rng``, so a hard-coded answer fails;
 * ``compare(expected, got)`` -- returns ``None`` when ``got`` is acceptable,
   else a one-line reason (see :mod:`course_lib.grading.compare`);
-* ``hint`` -- shown with the first failure.
+* ``hint`` -- shown with the first failure;
+* ``forbidden_dtypes`` -- dtypes the learner's code may not produce (e.g. an
+  exercise that asks for bfloat16 rounding *by bit operations* forbids
+  ``torch.bfloat16``, so ``x.to(torch.bfloat16)`` does not count).
 
 The registry is filled lazily: asking for an exercise imports every module in
 :mod:`course_lib.exercises`. Introduced in chapter 00
@@ -54,6 +57,7 @@ class Exercise:
     compare: Callable[[Any, Any], str | None]
     hint: str = ""
     time_limit: float = 10.0
+    forbidden_dtypes: tuple = ()
 
     def __post_init__(self):
         if not ID_PATTERN.match(self.id):
