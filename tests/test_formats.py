@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import course_lib.bench_formats as bench_formats
-from course_lib.formats import (FORMATS, FloatFormat, decode, encode, explain, fields, get_format,
+from course_lib.formats import (FORMATS, decode, encode, explain, fields, get_format,
                                 make_format, next_down, next_up, overflow_rule, round_to_format,
                                 table, torch_overflow, ulp)
 
@@ -139,6 +139,12 @@ def test_builtin_layouts_and_conventions():
             (e, m, bias, has_inf, neg0, mx), name
         assert f.min_normal == 2.0 ** f.emin and f.min_subnormal == 2.0 ** (f.emin - m)
         assert 2.0 ** f.emax <= f.max < 2.0 ** (f.emax + 1)
+    patterns = {name: (f.max_pattern, f.nan_pattern, f.inf_pattern) for name, f in FORMATS.items()}
+    assert patterns == {
+        "fp32": (0x7F7FFFFF, 0x7FC00000, 0x7F800000), "tf32": (0x3FBFF, 0x3FE00, 0x3FC00),
+        "fp16": (0x7BFF, 0x7E00, 0x7C00), "bf16": (0x7F7F, 0x7FC0, 0x7F80),
+        "fp8_e4m3fn": (0x7E, 0x7F, None), "fp8_e5m2": (0x7B, 0x7E, 0x7C),
+        "fp8_e4m3fnuz": (0x7F, 0x80, None), "fp8_e5m2fnuz": (0x7F, 0x80, None)}
     assert FORMATS["tf32"].torch_dtype is None
     assert FORMATS["tf32"].min_subnormal == 2.0 ** -136
     assert FORMATS["fp16"].min_subnormal == 2.0 ** -24  # the tutorial's table left this out
@@ -231,7 +237,8 @@ def test_decode_accepts_ints_lists_and_integer_dtypes():
 
 
 @pytest.mark.parametrize("bits,fmt,error,message", [
-    (0x10000, "fp16", ValueError, r"bit pattern 65536 is out of range for fp16 \(16 bits\); allowed: 0\.\.65535"),
+    (0x10000, "fp16", ValueError,
+     r"bit pattern 65536 is out of range for fp16 \(16 bits\); allowed: 0\.\.65535"),
     (-1, "fp16", ValueError, r"allowed: 0\.\.65535 .*bits & 0xFFFF"),
     (torch.tensor([-2], dtype=torch.int8), "e4m3", ValueError, r"allowed: 0\.\.255"),
     (256, "fp8_e5m2", ValueError, r"out of range for fp8_e5m2 \(8 bits\); allowed: 0\.\.255"),
@@ -283,10 +290,21 @@ def test_encode_matches_torch_bits(name, dtype, int_dtype):
     assert torch.equal(ours[ok], ref[ok])
 
 
+@pytest.mark.parametrize("fmt", ["fp16", "bf16", "tf32", "fp8_e4m3fn", "fp8_e5m2fnuz",
+                                 make_format(3, 2), make_format(6, 9), make_format(7, 5, "fnuz")],
+                         ids=lambda f: getattr(f, "name", f))
+def test_decode_of_encode_is_round_to_format(fmt, random_values):
+    x = random_values[:500_000]
+    for rounding in ("nearest", "toward_zero"):
+        assert_same(decode(encode(x, fmt, rounding), fmt), round_to_format(x, fmt, rounding), x,
+                    f"decode(encode()) {rounding}")
+
+
 def test_fields_and_explain():
     assert fields(0x3C00, "fp16") == (0, 15, 0, "normal", 1.0)
     assert fields(0x8001, "fp16").kind == "subnormal" and fields(0x8001, "fp16").value == -2.0 ** -24
-    assert fields(0x8000, "fp16")[3:] == ("zero", 0.0) and math.copysign(1, fields(0x8000, "fp16").value) == -1
+    negative_zero = fields(0x8000, "fp16")
+    assert negative_zero[3:] == ("zero", 0.0) and math.copysign(1, negative_zero.value) == -1
     assert fields(0x7C00, "fp16").kind == "inf" and fields(0x7E00, "fp16").kind == "nan"
     assert fields(0x7F, "e4m3").kind == "nan" and fields(0x7E, "e4m3").value == 448.0
     assert fields(0x80, "fp8_e4m3fnuz").kind == "nan" and fields(0x7F, "fp8_e4m3fnuz").value == 240.0
@@ -375,7 +393,8 @@ def test_saturate_options():
     assert_same(round_to_format(y, "e4m3", saturate=True),
                 torch.tensor([448.0, 448.0, 448.0, 448.0, 448.0, -448.0]))
     z = torch.tensor([247.0, 248.0, 1e6, -INF])
-    assert_same(round_to_format(z, "fp8_e4m3fnuz", saturate=True), torch.tensor([240.0, 240.0, 240.0, -240.0]))
+    assert_same(round_to_format(z, "fp8_e4m3fnuz", saturate=True),
+                torch.tensor([240.0, 240.0, 240.0, -240.0]))
     assert_same(round_to_format(z, "fp8_e4m3fnuz"), torch.tensor([240.0, NAN, NAN, NAN]))
     # formats without a torch dtype: IEEE semantics by default
     assert overflow_rule("tf32") == ("inf", "inf")

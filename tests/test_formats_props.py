@@ -10,7 +10,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from course_lib.formats import FloatFormat, decode, get_format, make_format, round_to_format, ulp
+from course_lib.formats import (FloatFormat, decode, get_format, make_format, next_up,
+                                round_to_format, ulp)
 
 FORMATS_UNDER_TEST = [
     get_format(n) for n in ("fp16", "bf16", "tf32", "fp8_e4m3fn", "fp8_e5m2", "fp8_e4m3fnuz",
@@ -118,6 +119,20 @@ def test_error_within_half_ulp(fmt, values):
     assert bool(((x.double() - t).abs() < u).all() & (t.abs() <= x.double().abs()).all())
     s = round_to_format(x, fmt, "stochastic").double()
     assert bool(((s - x.double()).abs() < u).all())
+
+
+@pytest.mark.parametrize("fmt", FORMATS_UNDER_TEST, ids=FMT_IDS)
+@SETTINGS
+@given(values=st.lists(finite32, min_size=1, max_size=64), seed=st.integers(0, 2 ** 32 - 1))
+def test_stochastic_lands_on_a_neighbour(fmt, values, seed):
+    x = as_tensor(values)
+    s = round_to_format(x, fmt, "stochastic", saturate=True,
+                        generator=torch.Generator().manual_seed(seed))
+    lo = round_to_format(x, fmt, "toward_zero", saturate=True)
+    hi = torch.copysign(next_up(lo.abs(), fmt), x)        # the next value away from zero
+    assert bool(((s == lo) | (s == hi)).all()), (fmt.name, x.tolist(), s.tolist())
+    representable = round_to_format(x, fmt, saturate=True) == x
+    assert torch.equal(s[representable], x[representable])
 
 
 @pytest.mark.parametrize("fmt", FORMATS_UNDER_TEST, ids=FMT_IDS)

@@ -237,13 +237,24 @@ def make_format(exponent_bits: int, mantissa_bits: int, convention: str = "ieee"
 #: The built-in formats, by canonical name.
 FORMATS: dict[str, FloatFormat] = {
     f.name: f for f in (
+        # What the bits give (all derived by the properties above, checked in the tests):
+        # max 0x7F7FFFFF = (2 - 2**-23) * 2**127 ≈ 3.40e38, min_subnormal 0x00000001 = 2**-149
         FloatFormat("fp32", 8, 23, "ieee"),
-        FloatFormat("tf32", 8, 10, "ieee"),        # NVIDIA TensorFloat-32: fp32 range, fp16 precision
+        # NVIDIA TensorFloat-32 (19 bits used of a 32-bit register): fp32's range, fp16's
+        # precision; max (2 - 2**-10) * 2**127, min_subnormal 2**-136
+        FloatFormat("tf32", 8, 10, "ieee"),
+        # max 0x7BFF = (2 - 2**-10) * 2**15 = 65504, min_normal 0x0400 = 2**-14,
+        # min_subnormal 0x0001 = 2**-24 ≈ 5.96e-8, inf 0x7C00
         FloatFormat("fp16", 5, 10, "ieee"),
+        # the top half of fp32: max 0x7F7F = (2 - 2**-7) * 2**127 ≈ 3.39e38, min_subnormal 2**-133
         FloatFormat("bf16", 8, 7, "ieee"),
+        # bias 7; max 0x7E = 1.75 * 2**8 = 448 (0x7F = S.1111.111 is NaN), min_subnormal 2**-9
         FloatFormat("fp8_e4m3fn", 4, 3, "fn"),
+        # bias 15; max 0x7B = 1.75 * 2**15 = 57344, inf 0x7C, min_subnormal 2**-16
         FloatFormat("fp8_e5m2", 5, 2, "ieee"),
+        # bias 8; max 0x7F = 1.875 * 2**7 = 240, NaN 0x80, min_subnormal 2**-10
         FloatFormat("fp8_e4m3fnuz", 4, 3, "fnuz"),
+        # bias 16; max 0x7F = 1.75 * 2**15 = 57344, NaN 0x80, min_subnormal 2**-17
         FloatFormat("fp8_e5m2fnuz", 5, 2, "fnuz"),
     )
 }

@@ -279,7 +279,8 @@ def _round_bits(x: torch.Tensor, fmt: FloatFormat, rounding: str, saturate, gene
     if rounding == "stochastic":
         if generator is not None:
             if not isinstance(generator, torch.Generator):
-                raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
+                raise TypeError(f"generator must be a torch.Generator or None; "
+                                f"got {type(generator).__name__}")
             if torch.device(generator.device).type != x.device.type:
                 raise ValueError(f"generator is on {generator.device} but the input is on {x.device}; "
                                  f"make it with torch.Generator(device={str(x.device.type)!r})")
