@@ -34,3 +34,23 @@ def default_device() -> str:
                              f"(torch {torch.__version__}); unset {DEVICE_ENV} or use 'cpu'")
         return forced
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def tune_cpu_threads(threads: int = 1) -> int:
+    """On a CPU run, set torch's intra-op thread count; return the previous count.
+
+    The course's models are tiny (thousands of parameters, batches of 64): on
+    a small CPU, starting and synchronising threads costs more than the work,
+    and one thread trains them several times faster than two (chapter 09
+    measures it). Call this once at the top of a chapter that trains. On
+    CUDA it changes nothing and returns the current count.
+
+    >>> previous = tune_cpu_threads(1); torch.get_num_threads()
+    1
+    """
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive int, got {threads!r}")
+    previous = torch.get_num_threads()
+    if default_device() == "cpu":
+        torch.set_num_threads(threads)
+    return previous

@@ -279,3 +279,41 @@ class MasterWeightOptimizer:
         self.steps_taken = int(state["steps_taken"])
         for p, m in zip(self.model_params, self.master_params):
             p.copy_(m)
+
+
+# -- the step, written out functionally (chapter 03's exercises) ------------------------------
+
+def unscale_to_fp32(grads16: list[torch.Tensor], scale: float) -> tuple[list[torch.Tensor], bool]:
+    """Copy 16-bit gradients to float32, divide by the loss scale, and check them.
+
+    Returns ``(grads32, found_inf)``: new float32 tensors ``g.float() / scale``
+    and whether any of them holds inf or NaN. The inputs are not modified.
+    This is steps 1-2 of :meth:`MasterWeightOptimizer.step`.
+
+    >>> unscale_to_fp32([torch.tensor([256.0], dtype=torch.float16)], 128.0)
+    ([tensor([2.])], False)
+    """
+    if not scale > 0:
+        raise ValueError(f"scale must be > 0, got {scale!r}")
+    grads32 = [g.detach().to(torch.float32) / scale for g in grads16]
+    found_inf = not all(bool(torch.isfinite(g).all()) for g in grads32)
+    return grads32, found_inf
+
+
+def master_sgd_step(params16: list[torch.Tensor], grads16: list[torch.Tensor],
+                    masters: list[torch.Tensor], lr: float, scale: float):
+    """One SGD step of manual mixed precision, as a pure function.
+
+    Algorithm: unscale the 16-bit gradients into float32 (:func:`unscale_to_fp32`);
+    if any is inf/NaN, skip: return copies of ``params16`` and ``masters``
+    unchanged and ``False``. Otherwise ``master - lr * grad`` in float32, and
+    the new 16-bit parameters are the new masters rounded to the 16-bit dtype.
+
+    Returns ``(new_params16, new_masters, stepped)``; the inputs are not modified.
+    """
+    grads32, found_inf = unscale_to_fp32(grads16, scale)
+    if found_inf:
+        return [p.clone() for p in params16], [m.clone() for m in masters], False
+    new_masters = [m - lr * g for m, g in zip(masters, grads32)]
+    new_params16 = [m.to(p.dtype) for m, p in zip(new_masters, params16)]
+    return new_params16, new_masters, True

@@ -25,9 +25,20 @@ def short(value: Any, limit: int = 160) -> str:
         text = f"tensor(shape={tuple(value.shape)}, dtype={value.dtype}, [{head}{more}])"
     elif isinstance(value, torch.nn.Module):
         text = f"{type(value).__name__} with {sum(p.numel() for p in value.parameters())} parameters"
+    elif isinstance(value, (list, tuple)) and _has_tensor(value):
+        inner = ", ".join(short(v, limit) for v in value)
+        text = f"[{inner}]" if isinstance(value, list) else f"({inner})"
+    elif isinstance(value, dict) and _has_tensor(list(value.values())):
+        text = "{" + ", ".join(f"{k!r}: {short(v, limit)}" for k, v in value.items()) + "}"
     else:
         text = repr(value)
+    text = " ".join(text.split())  # one line
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _has_tensor(values) -> bool:
+    return any(isinstance(v, (torch.Tensor, torch.nn.Module))
+               or isinstance(v, (list, tuple)) and _has_tensor(v) for v in values)
 
 
 def _fmt(v: Any) -> str:
