@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -112,11 +113,14 @@ def autocast_support(device: str, dtype: torch.dtype) -> str:
     """Run a matmul under autocast(device, dtype); say which dtype came out, or why it failed."""
     try:
         a = torch.randn(8, 8, device=device)
-        with torch.amp.autocast(device_type=device, dtype=dtype):
-            out = a @ a
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with torch.amp.autocast(device_type=device, dtype=dtype):
+                out = a @ a
         if out.dtype == dtype:
             return f"works (matmul ran in {str(dtype).replace('torch.', '')})"
-        return f"no effect (matmul output stayed {str(out.dtype).replace('torch.', '')})"
+        why = f": {str(caught[0].message).splitlines()[0]}" if caught else ""
+        return f"no effect (matmul output stayed {str(out.dtype).replace('torch.', '')}){why}"
     except Exception as exc:  # report, do not crash the orientation chapter
         return f"not supported ({type(exc).__name__}: {str(exc).splitlines()[0][:80]})"
 

@@ -41,14 +41,14 @@ def underflow_fraction(x: torch.Tensor, fmt) -> float:
     has no nonzero element.
 
     >>> underflow_fraction(torch.tensor([1e-3, 1e-8, 0.0, 2e-8]), torch.float16)
-    0.6666666865348816
+    0.6666666666666666
     """
     x = _float_tensor(x, "x")
     nonzero = x != 0
     if not bool(nonzero.any()):
         return 0.0
     flushed = (round_to_format(x, fmt) == 0) & nonzero
-    return (flushed.sum() / nonzero.sum()).item()
+    return flushed.sum().item() / nonzero.sum().item()
 
 
 def subnormal_fraction(x: torch.Tensor, fmt) -> float:
@@ -59,7 +59,7 @@ def subnormal_fraction(x: torch.Tensor, fmt) -> float:
         return 0.0
     r = round_to_format(x, fmt).abs()
     sub = (r > 0) & (r < get_format(fmt).min_normal) & nonzero
-    return (sub.sum() / nonzero.sum()).item()
+    return sub.sum().item() / nonzero.sum().item()
 
 
 def overflow_fraction(x: torch.Tensor, fmt) -> float:
@@ -69,7 +69,7 @@ def overflow_fraction(x: torch.Tensor, fmt) -> float:
     if not bool(finite.any()):
         return 0.0
     bad = ~torch.isfinite(round_to_format(x, fmt, saturate=False)) & finite
-    return (bad.sum() / finite.sum()).item()
+    return bad.sum().item() / finite.sum().item()
 
 
 def lost_update_fraction(weights: torch.Tensor, update: torch.Tensor, fmt) -> float:
@@ -87,7 +87,7 @@ def lost_update_fraction(weights: torch.Tensor, update: torch.Tensor, fmt) -> fl
     if not bool(moving.any()):
         return 0.0
     lost = (round_to_format(w + u, fmt) == w) & moving
-    return (lost.sum() / moving.sum()).item()
+    return lost.sum().item() / moving.sum().item()
 
 
 def sequential_sum(values: torch.Tensor, fmt, dim: int = 0) -> torch.Tensor:
