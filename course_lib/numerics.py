@@ -90,13 +90,14 @@ def lost_update_fraction(weights: torch.Tensor, update: torch.Tensor, fmt) -> fl
     return lost.sum().item() / moving.sum().item()
 
 
-def sequential_sum(values: torch.Tensor, fmt, dim: int = 0) -> torch.Tensor:
+def sequential_sum(values: torch.Tensor, fmt, dim: int = 0, progress: bool = False) -> torch.Tensor:
     """Running sum along ``dim`` with the accumulator rounded to ``fmt`` after every add.
 
     Returns the partial sums (same shape as ``values``, float32 holding
     ``fmt`` values); the last slice along ``dim`` is the total. Each input is
     first rounded to ``fmt``. One tensor operation per step, vectorised over
-    the other dimensions (so many sums run at once).
+    the other dimensions (so many sums run at once); ``progress=True`` shows
+    a progress bar (a long sum takes seconds).
 
     >>> sequential_sum(torch.ones(3000), "fp16")[-1].item()   # stalls at 2048
     2048.0
@@ -104,7 +105,12 @@ def sequential_sum(values: torch.Tensor, fmt, dim: int = 0) -> torch.Tensor:
     v = round_to_format(_float_tensor(values, "values"), fmt).movedim(dim, 0)
     out = torch.empty_like(v)
     acc = torch.zeros_like(v[0])
-    for i in range(v.shape[0]):
+    steps = range(v.shape[0])
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc=f"summing in {get_format(fmt).name}", leave=False)
+    for i in steps:
         acc = round_to_format(acc + v[i], fmt)
         out[i] = acc
     return out.movedim(0, dim)
