@@ -10,15 +10,6 @@ from course_lib.data import (CharCorpus, CharWindows, char_lm_loaders, digits_lo
                              digits_tensors)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: one intra-op thread avoids OpenMP spin-wait slowdowns on a busy 2-core box.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def split():
     return digits_tensors(device="cpu")

@@ -12,14 +12,6 @@ from course_lib.models import MLP
 from course_lib.scaling import DynamicLossScaler, StaticLossScaler
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def data():
     s = digits_tensors(device="cpu")

@@ -5,14 +5,6 @@ import torch
 from course_lib.models import MLP, SmallCNN, TinyTransformer, count_parameters
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _make(cls, *args, seed=0, **kwargs):
     torch.manual_seed(seed)
     return cls(*args, **kwargs)

@@ -7,14 +7,6 @@ import torch
 from course_lib.scaling import DynamicLossScaler, StaticLossScaler
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ----------------------------------------------------------------------------- static
 def test_static_scale_unscale_update():
     s = StaticLossScaler(128.0)

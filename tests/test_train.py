@@ -16,14 +16,6 @@ from course_lib.scaling import DynamicLossScaler
 from course_lib.train import PRECISIONS, TrainResult, evaluate, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _mlp(seed=0):
     torch.manual_seed(seed)
     return MLP(hidden=(32,))

@@ -6,6 +6,7 @@ import torch
 
 from course_lib.formats import decode, round_to_format, ulp
 from course_lib.grading.compare import same, same_float
+from course_lib.grading.inputs import log_uniform, torch_generator
 from course_lib.grading.registry import Case, Exercise, register
 
 
@@ -24,10 +25,6 @@ def fp16_ulp(x: torch.Tensor) -> torch.Tensor:
     return ulp(x, "fp16")
 
 
-def _torch_gen(rng) -> torch.Generator:
-    return torch.Generator().manual_seed(rng.getrandbits(62))
-
-
 def _decode_cases(rng):
     named = {0x0000: "+0", 0x8000: "-0", 0x0001: "smallest subnormal", 0x03FF: "largest subnormal",
              0x0400: "smallest normal", 0x3C00: "one", 0x3555: "about 1/3", 0x7BFF: "largest normal",
@@ -41,7 +38,7 @@ def _decode_cases(rng):
 
 
 def _bf16_cases(rng):
-    g = _torch_gen(rng)
+    g = torch_generator(rng)
     specials = torch.tensor([0.0, -0.0, 1.0, -1.0, float("inf"), float("-inf"), float("nan")])
     yield Case("edge: zeros, ones, infinities, NaN", (specials,))
     # Exact midpoints between neighbouring bf16 values: the low 16 bits are 0x8000.
@@ -60,14 +57,12 @@ def _bf16_cases(rng):
 
 
 def _ulp_cases(rng):
-    g = _torch_gen(rng)
+    g = torch_generator(rng)
     edges = torch.tensor([0.0, -0.0, 1.0, -1.0, 2.0 ** -14, 2.0 ** -24, 6e-8, 3e-5, 1024.0, 2047.9,
                           2048.0, 65504.0, -65504.0])
     yield Case("edge: zero, powers of two, subnormals, the largest value", (edges,))
     for _ in range(4):
-        exponents = torch.rand(200, generator=g) * 41 - 25            # |x| from 2**-25 to 2**16
-        signs = torch.where(torch.rand(200, generator=g) < 0.5, -1.0, 1.0)
-        x = (signs * torch.exp2(exponents)).clamp(-65504.0, 65504.0)
+        x = log_uniform(g, 200, -25, 16).clamp(-65504.0, 65504.0)     # |x| from 2**-25 to 2**16
         yield Case("random magnitudes over every FP16 binade", (x,))
 
 

@@ -5,34 +5,26 @@ from __future__ import annotations
 import torch
 
 from course_lib.grading.compare import same
+from course_lib.grading.inputs import log_uniform, torch_generator
 from course_lib.grading.registry import Case, Exercise, register
 from course_lib.numerics import stable_log_softmax, underflow_fraction
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2)
 
 
-def _gen(rng) -> torch.Generator:
-    return torch.Generator().manual_seed(rng.getrandbits(62))
-
-
-def _log_uniform(g, n, lo, hi):
-    signs = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
-    return signs * torch.exp2(torch.rand(n, generator=g) * (hi - lo) + lo)
-
-
 def _underflow_cases(rng):
-    g = _gen(rng)
+    g = torch_generator(rng)
     yield Case("edge: all zeros (no nonzero value: answer 0.0)", (torch.zeros(5), torch.float16))
     yield Case("edge: exact FP16 tie at half the smallest subnormal (rounds to 0) and just above",
                (torch.tensor([2.0 ** -25, 2.0 ** -25 * 1.0001, 0.0, 1.0]), torch.float16))
     for dtype in _DTYPES:
-        x = _log_uniform(g, 500, -40, 4)
+        x = log_uniform(g, 500, -40, 4)
         x[torch.rand(500, generator=g) < 0.1] = 0.0          # zeros do not count
         yield Case(f"random magnitudes 2**-40..2**4 with zeros, {dtype}", (x, dtype))
 
 
 def _softmax_cases(rng):
-    g = _gen(rng)
+    g = torch_generator(rng)
     for scale in (1.0, 30.0, 1000.0, 30000.0):
         x = (torch.randn(4, 16, generator=g) * scale).half()
         yield Case(f"logits of size ~{scale:g} (fp16, shape 4x16)", (x,))

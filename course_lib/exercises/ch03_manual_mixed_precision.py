@@ -5,12 +5,9 @@ from __future__ import annotations
 import torch
 
 from course_lib.grading.compare import same
+from course_lib.grading.inputs import torch_generator
 from course_lib.grading.registry import Case, Exercise, register
 from course_lib.master import master_sgd_step, unscale_to_fp32
-
-
-def _gen(rng) -> torch.Generator:
-    return torch.Generator().manual_seed(rng.getrandbits(62))
 
 
 def _grads(g, scale, shapes):
@@ -18,7 +15,7 @@ def _grads(g, scale, shapes):
 
 
 def _unscale_cases(rng):
-    g = _gen(rng)
+    g = torch_generator(rng)
     for scale in (128.0, 1024.0, 3.0, 2.0 ** 14):
         yield Case(f"finite gradients, scale {scale:g}", (_grads(g, scale, [(5, 3), (7,)]), scale))
     bad = _grads(g, 128.0, [(4, 4), (3,)])
@@ -30,7 +27,7 @@ def _unscale_cases(rng):
 
 
 def _step_cases(rng):
-    g = _gen(rng)
+    g = torch_generator(rng)
     for scale in (1.0, 128.0, 1000.0):
         shapes = [(rng.randint(1, 6), rng.randint(1, 6)), (rng.randint(1, 9),)]
         masters = [torch.randn(*s, generator=g) for s in shapes]
