@@ -7,15 +7,19 @@
 #   make solutions  re-execute solutions/ in place (refreshes stored outputs)
 #
 # Variables: PYTHON (interpreter that creates .venv), TORCH / TORCH_INDEX
-# (override the automatic torch choice), PORT (JupyterLab port).
+# (override the automatic torch choice), PORT and IP (where JupyterLab listens;
+# IP=0.0.0.0 to reach it from another machine).
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.course-installed
 PORT   ?= 8888
+IP     ?= 127.0.0.1
 GRADE  ?= notebooks
 KERNEL_NAME := half-precision-course
+# JupyterLab refuses to run as root unless told it may.
+ALLOW_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 export TORCH TORCH_INDEX
 
 .PHONY: install lab test grade notebooks solutions clean
@@ -34,8 +38,7 @@ $(STAMP): pyproject.toml tools/install_torch.py
 # JupyterLab refuses to run as root without --allow-root; no browser is opened
 # (the URL with its token is printed), so this works on a headless machine.
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --no-browser --ip=127.0.0.1 --port=$(PORT) \
-	    $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) \
+	$(VENV)/bin/jupyter lab --no-browser --ip=$(IP) --port=$(PORT) $(ALLOW_ROOT) \
 	    --ServerApp.root_dir="$(CURDIR)" \
 	    --LabApp.default_url=/lab/tree/notebooks/00_orientation.ipynb
 

@@ -61,7 +61,7 @@ def adversarial_report(tmp_path_factory):
     for learner, (cells, _, _) in ADVERSARIAL.items():
         make_notebook(root / learner / "00_orientation.ipynb", cells)
     report = root / "report.json"
-    proc, data = run_grader(str(root), "--cell-timeout", "6", "--json", str(report),
+    proc, data = run_grader(str(root), "--cell-timeout", "15", "--json", str(report),
                             "--save-executed", str(root / "executed"))
     return proc, data, root
 

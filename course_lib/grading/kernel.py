@@ -8,7 +8,9 @@ picks a registered kernelspec instead. Introduced in chapter 00.
 """
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 
@@ -17,6 +19,18 @@ from jupyter_client.manager import AsyncKernelManager
 from traitlets import Instance, default
 
 THIS_PYTHON = "course-grader-this-python"
+
+
+_IPC_FOLDER: str | None = None
+
+
+def _ipc_folder() -> str:
+    """One private folder per grader process for the kernels' IPC sockets, removed at exit."""
+    global _IPC_FOLDER
+    if _IPC_FOLDER is None:
+        _IPC_FOLDER = tempfile.mkdtemp(prefix="course-kernel-")
+        atexit.register(shutil.rmtree, _IPC_FOLDER, ignore_errors=True)
+    return _IPC_FOLDER
 
 
 class _ThisPythonSpecManager(KernelSpecManager):
@@ -48,8 +62,7 @@ class GraderKernelManager(AsyncKernelManager):
             return "127.0.0.1"
         # IPC socket paths are relative to the working directory unless absolute,
         # and the kernel runs in the notebook's folder: use an absolute prefix.
-        folder = tempfile.mkdtemp(prefix="course-kernel-")
-        return os.path.join(folder, "kernel")
+        return os.path.join(_ipc_folder(), "kernel")
 
     @default("kernel_spec_manager")
     def _default_ksm(self):
