@@ -84,3 +84,39 @@ def training_state_bytes(n_params: int, recipe: str, optimizer: str = "adam") ->
     }
     bill["total"] = sum(bill.values())
     return bill
+
+
+def tensor_bytes(tensors) -> int:
+    """Total bytes of an iterable of tensors (``None`` entries skipped)."""
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def measure_training_state(model: torch.nn.Module, optimizer) -> dict[str, int]:
+    """The memory bill measured from live objects, in :func:`training_state_bytes`'s layout.
+
+    Counts the bytes of ``model``'s parameters and their ``.grad``, the FP32
+    master copies when ``optimizer`` is a
+    :class:`course_lib.master.MasterWeightOptimizer` (its ``master_params``),
+    and every per-parameter state tensor of the (wrapped) torch optimizer
+    (Adam's ``exp_avg`` and ``exp_avg_sq``; scalar ``step`` counters are not
+    per-parameter and are left out). Gradients count only where they exist:
+    measure after a backward pass. Used in chapter 03 to check the predicted bill.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    masters = list(getattr(optimizer, "master_params", []))
+    inner = getattr(optimizer, "optimizer", optimizer)
+    if not isinstance(inner, torch.optim.Optimizer):
+        raise TypeError("optimizer must be a torch.optim.Optimizer or a MasterWeightOptimizer, "
+                        f"got {type(optimizer).__name__}")
+    states = [t for s in inner.state.values() for t in s.values()
+              if torch.is_tensor(t) and t.dim() > 0]
+    params = list(model.parameters())
+    bill = {
+        "weights": tensor_bytes(params),
+        "gradients": tensor_bytes(p.grad for p in params),
+        "master_weights": tensor_bytes(masters),
+        "optimizer_state": tensor_bytes(states),
+    }
+    bill["total"] = sum(bill.values())
+    return bill

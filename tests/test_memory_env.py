@@ -87,3 +87,25 @@ def test_tune_cpu_threads_sets_and_returns():
             tune_cpu_threads(0)
     finally:
         torch.set_num_threads(before)
+
+
+def test_measured_bill_matches_the_predicted_one():
+    from course_lib.master import MasterWeightOptimizer
+
+    model = torch.nn.Sequential(torch.nn.Linear(12, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3))
+    n = sum(p.numel() for p in model.parameters())
+    adam = torch.optim.Adam(model.parameters())
+    model(torch.randn(5, 12)).sum().backward()
+    adam.step()
+    assert memory.measure_training_state(model, adam) == memory.training_state_bytes(n, "fp32", "adam")
+
+    model16 = torch.nn.Linear(12, 7).half()
+    n16 = sum(p.numel() for p in model16.parameters())
+    opt = MasterWeightOptimizer(model16, torch.optim.Adam, lr=1e-3)
+    model16(torch.randn(5, 12).half()).float().sum().backward()
+    opt.step()
+    for p in model16.parameters():
+        p.grad = torch.zeros_like(p)
+    assert memory.measure_training_state(model16, opt) == memory.training_state_bytes(n16, "mixed", "adam")
+    with pytest.raises(TypeError, match="torch.optim.Optimizer or a MasterWeightOptimizer"):
+        memory.measure_training_state(model16, "adam")
