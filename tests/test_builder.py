@@ -1,5 +1,4 @@
 """The notebook builder: stubs, cleaning, idempotence, malformed markers, drift."""
-from pathlib import Path
 
 import nbformat
 import pytest

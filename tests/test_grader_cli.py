@@ -160,3 +160,12 @@ def test_json_report_layout(adversarial_report):
     assert set(nb["exercises"][0]) >= {"id", "points", "max_points", "status", "messages"}
     assert data["totals"]["max_points"] == sum(n["max_points"] for n in data["notebooks"])
     json.dumps(data)
+
+
+def test_a_kernel_that_cannot_start_fails_grading_with_a_report(tmp_path):
+    nb = make_notebook(tmp_path / "bob" / "00_orientation.ipynb", ["1 + 1"])
+    proc, data = run_grader(str(nb), "--kernel", "no-such-kernel", "--json", str(tmp_path / "r.json"))
+    assert proc.returncode == 1
+    (report,) = data["notebooks"]
+    assert report["grading_failed"] and "could not start" in report["events"][0]
+    assert {ex["id"]: ex["status"] for ex in report["exercises"]} == {i: "not run" for i in CH00}

@@ -59,7 +59,7 @@ def _hand_loop(precision, model, loader, steps, lr):
         model.to({"bf16_pure": torch.bfloat16}.get(precision, torch.float32))
         opt = torch.optim.Adam(model.parameters(), lr=lr)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 20, growth_interval=3)
-    it, done = iter(loader), 0
+    done = 0
     while done < steps:
         for x, y in loader:
             if done == steps:

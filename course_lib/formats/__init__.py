@@ -34,7 +34,7 @@ and runs on the input's device.
 """
 from __future__ import annotations
 
-import torch
+import torch  # noqa: F401  (the doctests above use it)
 
 from .codec import KINDS, BitFields, decode, encode, explain, fields
 from .registry import (ALIASES, CONVENTIONS, FORMATS, FloatFormat, get_format, make_format)

@@ -30,7 +30,7 @@ import traceback
 from dataclasses import asdict, dataclass, field
 
 from .compare import short
-from .registry import Case, Exercise, get_exercise
+from .registry import Case, get_exercise
 from .guards import ForbiddenDtype, forbid_dtypes
 from .timelimit import CheckTimeout, call_with_time_limit
 

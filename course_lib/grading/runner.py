@@ -35,7 +35,7 @@ from nbclient.util import ensure_async, run_sync
 
 from .checking import RESULTS_ENV, STATUSES
 from .kernel import THIS_PYTHON, GraderKernelManager
-from .registry import Exercise, exercises_for_chapter
+from .registry import exercises_for_chapter
 
 CHAPTER_FROM_NAME = re.compile(r"^(\d\d)[_\-.]")
 
@@ -76,6 +76,10 @@ class NotebookGrade:
 
 class _RestartKernel(Exception):
     pass
+
+
+class _KernelUnavailable(Exception):
+    """No kernel could be started: grading itself failed."""
 
 
 class _CappedClient(NotebookClient):
@@ -146,12 +150,15 @@ def grade_notebook(path, *, learner: str = "", cell_timeout: float = 120,
         env[RESULTS_ENV] = str(results_file)
         env.setdefault("MPLBACKEND", "Agg")
         env["COURSE_LIB_GRADING"] = "1"
-        stopped_at = _execute(nb, path, grade.events, env, cell_timeout, notebook_timeout,
-                              kernel, output_limit)
-        if stopped_at is None and grade.events and grade.events[-1].startswith("could not start"):
+        try:
+            stopped_at = _execute(nb, path, grade.events, env, cell_timeout, notebook_timeout,
+                                  kernel, output_limit)
+        except _KernelUnavailable as exc:
+            grade.events.append(str(exc))
             grade.grading_failed = True
+            stopped_at = None
         results = _read_results(results_file)
-    why_missing = _why_missing(nb, grade.events, stopped_at)
+    why_missing = _why_missing(grade.events, stopped_at)
     grade.exercises = _grades(grade.chapter, results, why_missing)
     grade.elapsed_s = round(time.monotonic() - start, 2)
     if save_executed is not None:
@@ -201,8 +208,8 @@ def _execute(nb, path, events, env, cell_timeout, notebook_timeout, kernel, outp
         except _RestartKernel:
             client.km = client.kc = None
         except Exception as exc:  # the kernel could not be started at all
-            events.append(f"could not start or talk to the kernel: {type(exc).__name__}: {exc}")
-            return None
+            raise _KernelUnavailable(f"could not start or talk to the kernel: "
+                                     f"{type(exc).__name__}: {exc}") from exc
     return None
 
 
@@ -238,7 +245,7 @@ def _read_results(results_file: Path) -> dict[str, dict]:
     return results
 
 
-def _why_missing(nb, events, stopped_at) -> str:
+def _why_missing(events, stopped_at) -> str:
     if stopped_at is not None:
         return "its check did not run: " + events[-1]
     why = "no check(...) for this exercise ran (was its check cell deleted or changed?)"
