@@ -54,3 +54,22 @@ def tune_cpu_threads(threads: int = 1) -> int:
     if default_device() == "cpu":
         torch.set_num_threads(threads)
     return previous
+
+
+def resolve_device(device=None) -> torch.device:
+    """``device`` as a ``torch.device``; ``None`` means :func:`default_device`.
+
+    Raises a clear error for a device of the wrong type, and for CUDA when it
+    is not available.
+
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    if device is None:
+        return torch.device(default_device())
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be None, a str or a torch.device, got {type(device).__name__}")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available; use 'cpu' or device=None")
+    return dev

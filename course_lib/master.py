@@ -27,46 +27,13 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from course_lib.scaling import LossScaler
+from course_lib.gradients import clip_grads_, global_grad_norm, unscale_and_check_
+from course_lib.scaling import LossScaler, NoLossScaler
+from course_lib.validate import instance_of, positive_float
 
-__all__ = ["MasterWeightOptimizer", "global_grad_norm", "clip_grads_"]
-
-
-def global_grad_norm(grads: Iterable[torch.Tensor]) -> float:
-    """Return the global L2 norm of gradients, computed in float32.
-
-    Algorithm: ``sqrt(sum_i ||g_i||^2)`` as ``norm(stack(norm(g_i)))``, the
-    same formula as ``torch.nn.utils.clip_grad_norm_``. Inf/NaN propagate.
-
-    Args:
-        grads (iterable of Tensor): gradients (any floating dtype; ``None`` skipped).
-
-    Example:
-        >>> global_grad_norm([torch.tensor([3.0]), torch.tensor([4.0])])
-        5.0
-    """
-    norms = [torch.linalg.vector_norm(g.detach().to(torch.float32)) for g in grads if g is not None]
-    if not norms:
-        return 0.0
-    dev = norms[0].device
-    return float(torch.linalg.vector_norm(torch.stack([n.to(dev) for n in norms])))
-
-
-def clip_grads_(grads: list[torch.Tensor], max_norm: float, total_norm: float) -> None:
-    """Scale gradients in place so their global norm is at most ``max_norm``.
-
-    Algorithm (as ``torch.nn.utils.clip_grad_norm_``): ``c = max_norm /
-    (total_norm + 1e-6)``; if ``c < 1`` multiply every gradient by ``c``.
-
-    Example:
-        >>> g = [torch.tensor([3.0, 4.0])]; clip_grads_(g, 1.0, 5.0); g[0]
-        tensor([0.6000, 0.8000])
-    """
-    coef = max_norm / (total_norm + 1e-6)
-    if coef < 1.0:
-        with torch.no_grad():
-            for g in grads:
-                g.mul_(coef)
+__all__ = ["MasterWeightOptimizer", "unscale_to_fp32", "master_sgd_step",
+           # re-exported from course_lib.gradients, where they live
+           "global_grad_norm", "clip_grads_"]
 
 
 def _param_groups(params) -> list[dict]:
@@ -111,8 +78,9 @@ class MasterWeightOptimizer:
             ``optimizer_cls(master_param_groups, **optimizer_kwargs)``; must
             return a ``torch.optim.Optimizer``.
         scaler (LossScaler | None, default None): a ``StaticLossScaler`` or
-            ``DynamicLossScaler``; ``None`` means no loss scaling (the
-            gradients are still checked for inf/NaN).
+            ``DynamicLossScaler``; ``None`` means no loss scaling and is
+            replaced by the null scaler ``NoLossScaler()`` (the gradients are
+            still checked for inf/NaN).
         max_grad_norm (float | None, default None): clip the unscaled master
             gradients to this global L2 norm.
         **optimizer_kwargs: e.g. ``lr=1e-3``.
@@ -140,13 +108,10 @@ class MasterWeightOptimizer:
         if not callable(optimizer_cls):
             raise TypeError(f"optimizer_cls must be a torch.optim.Optimizer class or factory, "
                             f"got {optimizer_cls!r}")
-        if scaler is not None and not isinstance(scaler, LossScaler):
-            raise TypeError(f"scaler must be a course_lib.scaling.LossScaler (StaticLossScaler or "
-                            f"DynamicLossScaler) or None, got {type(scaler).__name__}")
-        if max_grad_norm is not None:
-            if isinstance(max_grad_norm, bool) or not isinstance(max_grad_norm, (int, float)) \
-                    or not max_grad_norm > 0:
-                raise ValueError(f"max_grad_norm must be a positive float or None, got {max_grad_norm!r}")
+        scaler = NoLossScaler() if scaler is None else instance_of(
+            "scaler", scaler, LossScaler, "a course_lib.scaling.LossScaler (StaticLossScaler or "
+            "DynamicLossScaler) or None")
+        max_grad_norm = positive_float("max_grad_norm", max_grad_norm, allow_none=True)
         groups = _param_groups(params)
         self.model_params: list[torch.Tensor] = [p for g in groups for p in g["params"]]
         self.master_params: list[torch.Tensor] = []
@@ -159,8 +124,8 @@ class MasterWeightOptimizer:
         if not isinstance(self.optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer_cls returned {type(self.optimizer).__name__}, "
                             "not a torch.optim.Optimizer")
-        self.scaler = scaler
-        self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
+        self.scaler: LossScaler = scaler
+        self.max_grad_norm = max_grad_norm
         self.skipped_steps = 0
         self.steps_taken = 0
         self.last_grad_norm = math.nan
@@ -175,11 +140,11 @@ class MasterWeightOptimizer:
     @property
     def loss_scale(self) -> float:
         """The current loss scale (1.0 without a scaler)."""
-        return 1.0 if self.scaler is None else self.scaler.get_scale()
+        return self.scaler.get_scale()
 
     def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
         """Return ``loss`` multiplied by the loss scale; call ``.backward()`` on it."""
-        return loss if self.scaler is None else self.scaler.scale(loss)
+        return self.scaler.scale(loss)
 
     def __repr__(self) -> str:
         dtypes = sorted({str(p.dtype).replace("torch.", "") for p in self.model_params})
@@ -214,11 +179,8 @@ class MasterWeightOptimizer:
             m.grad = None if p.grad is None else p.grad.detach().to(torch.float32, copy=True)
         grads = [m.grad for m in self.master_params if m.grad is not None]
 
-        if self.scaler is not None:
-            found_inf = self.scaler.unscale_(grads)
-            self.scaler.update(found_inf)
-        else:
-            found_inf = not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+        found_inf = self.scaler.unscale_(grads)
+        self.scaler.update(found_inf)
         if found_inf:
             self.skipped_steps += 1
             self.last_grad_norm = math.nan
@@ -243,7 +205,7 @@ class MasterWeightOptimizer:
         return {
             "master_params": [m.detach().clone() for m in self.master_params],
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-            "scaler": None if self.scaler is None else self.scaler.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "skipped_steps": self.skipped_steps,
             "steps_taken": self.steps_taken,
         }
@@ -266,15 +228,10 @@ class MasterWeightOptimizer:
             if m.shape != saved.shape:
                 raise ValueError(f"master {i} has shape {tuple(m.shape)} but the state has "
                                  f"{tuple(saved.shape)}: was it saved for a different model?")
-        if (state["scaler"] is None) != (self.scaler is None):
-            raise ValueError("the state was saved " + ("without" if state["scaler"] is None else "with")
-                             + " a loss scaler but this optimizer has " +
-                             ("one" if self.scaler is not None else "none"))
         for m, saved in zip(self.master_params, masters):
             m.copy_(saved)
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.scaler is not None:
-            self.scaler.load_state_dict(state["scaler"])
+        self.scaler.load_state_dict(state["scaler"])
         self.skipped_steps = int(state["skipped_steps"])
         self.steps_taken = int(state["steps_taken"])
         for p, m in zip(self.model_params, self.master_params):
@@ -286,17 +243,18 @@ class MasterWeightOptimizer:
 def unscale_to_fp32(grads16: list[torch.Tensor], scale: float) -> tuple[list[torch.Tensor], bool]:
     """Copy 16-bit gradients to float32, divide by the loss scale, and check them.
 
-    Returns ``(grads32, found_inf)``: new float32 tensors ``g.float() / scale``
-    and whether any of them holds inf or NaN. The inputs are not modified.
+    Returns ``(grads32, found_inf)``: new float32 tensors ``g.float() * (1/scale)``
+    (:func:`course_lib.gradients.unscale_and_check_`, as GradScaler does; within
+    one ulp of ``g.float() / scale``, equal to it for powers of two) and whether
+    any of them holds inf or NaN. The inputs are not modified.
     This is steps 1-2 of :meth:`MasterWeightOptimizer.step`.
 
     >>> unscale_to_fp32([torch.tensor([256.0], dtype=torch.float16)], 128.0)
     ([tensor([2.])], False)
     """
-    if not scale > 0:
-        raise ValueError(f"scale must be > 0, got {scale!r}")
-    grads32 = [g.detach().to(torch.float32) / scale for g in grads16]
-    found_inf = not all(bool(torch.isfinite(g).all()) for g in grads32)
+    scale = positive_float("scale", scale)
+    grads32 = [g.detach().to(torch.float32, copy=True) for g in grads16]
+    found_inf = unscale_and_check_(grads32, scale)
     return grads32, found_inf
 
 

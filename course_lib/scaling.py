@@ -27,21 +27,15 @@ from typing import Any, Iterable
 
 import torch
 
-__all__ = ["LossScaler", "StaticLossScaler", "DynamicLossScaler"]
+from course_lib.gradients import unscale_and_check_
+from course_lib.validate import positive_float, positive_int
+
+__all__ = ["LossScaler", "NoLossScaler", "StaticLossScaler", "DynamicLossScaler"]
 
 
 def _to_float32(x: float) -> float:
     """Round a Python float to the nearest float32 (inf on overflow), as torch stores scales."""
     return torch.tensor(x, dtype=torch.float64).to(torch.float32).item()
-
-
-def _check_scale(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a positive float, got {type(value).__name__} ({value!r})")
-    value = float(value)
-    if not (math.isfinite(value) and value > 0.0):
-        raise ValueError(f"{name} must be a positive, finite float, got {value!r}")
-    return value
 
 
 def _collect_grads(grads_or_params) -> list[torch.Tensor]:
@@ -78,7 +72,7 @@ class LossScaler:
     """
 
     def __init__(self, scale: float):
-        self._scale = _to_float32(_check_scale("scale", scale))
+        self._scale = _to_float32(positive_float("scale", scale))
         self._pending_found_inf: bool | None = None  # set by unscale_, consumed by update
         #: Number of ``update()`` calls that saw an inf/NaN gradient.
         self.overflow_count = 0
@@ -135,15 +129,7 @@ class LossScaler:
         if self._pending_found_inf is not None:
             raise RuntimeError("unscale_() has already been called on this scaler since the last "
                                "update(); call update() to finish this step before unscaling again.")
-        grads = _collect_grads(grads_or_params)
-        inv = torch.full((), self._scale, dtype=torch.float64).reciprocal().to(torch.float32)
-        found_inf = False
-        with torch.no_grad():
-            if grads:
-                finite = torch.stack([torch.isfinite(g).all().to(grads[0].device) for g in grads])
-                found_inf = not bool(finite.all())
-                for g in grads:
-                    g.mul_(inv.to(g.device))
+        found_inf = unscale_and_check_(_collect_grads(grads_or_params), self._unscale_by())
         self._pending_found_inf = found_inf
         return found_inf
 
@@ -177,6 +163,10 @@ class LossScaler:
     def _next_scale(self, found_inf: bool) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _unscale_by(self) -> float | None:
+        """The scale ``unscale_`` divides by (``None``: check only, multiply by nothing)."""
+        return self._scale
+
     # -- checkpoints ---------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Return the scaler's state as a dict of Python numbers (call it after ``update()``)."""
@@ -189,9 +179,50 @@ class LossScaler:
         if "scale" not in state:
             raise ValueError(f"state dict lacks the key 'scale' (has {sorted(state)}); "
                              "pass the dict returned by state_dict()")
-        self._scale = _to_float32(_check_scale("state['scale']", state["scale"]))
+        self._scale = _to_float32(positive_float("state['scale']", state["scale"]))
         self.overflow_count = int(state.get("overflow_count", 0))
         self._pending_found_inf = None
+
+
+class NoLossScaler(LossScaler):
+    """The null scaler: scale 1, nothing multiplied, but ``unscale_`` still checks for inf/NaN.
+
+    Use it where a step has no loss scaling but the same protocol
+    (``scale`` / ``unscale_`` / ``update``) keeps the caller free of
+    ``if scaler is None`` branches: ``scale(loss)`` returns ``loss`` itself
+    (no promotion to float32), ``unscale_`` only reports non-finite
+    gradients, and ``update`` changes nothing but ``overflow_count``.
+
+    Example:
+        >>> s = NoLossScaler(); g = torch.tensor([float("nan")])
+        >>> s.scale(torch.tensor(2.0)), s.unscale_([g]), s.get_scale()
+        (tensor(2.), True, 1.0)
+    """
+
+    def __init__(self):
+        super().__init__(1.0)
+
+    def __repr__(self) -> str:
+        return "NoLossScaler()"
+
+    def scale(self, loss: torch.Tensor) -> torch.Tensor:
+        """Return ``loss`` unchanged."""
+        if not isinstance(loss, torch.Tensor):
+            raise TypeError(f"scale() takes a loss Tensor, got {type(loss).__name__}")
+        return loss
+
+    def _unscale_by(self) -> float | None:
+        return None
+
+    def _next_scale(self, found_inf: bool) -> float:
+        return 1.0
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore ``state_dict()`` output; a state saved with a real loss scale is refused."""
+        if isinstance(state, dict) and state.get("scale", 1.0) != 1.0:
+            raise ValueError(f"the state was saved with a loss scale of {state['scale']!r}, but this "
+                             "has no loss scaler (NoLossScaler); load it into the scaler that saved it")
+        super().load_state_dict(state)
 
 
 class StaticLossScaler(LossScaler):
@@ -249,20 +280,16 @@ class DynamicLossScaler(LossScaler):
     def __init__(self, init_scale: float = 2.0 ** 16, growth_factor: float = 2.0,
                  backoff_factor: float = 0.5, growth_interval: int = 2000,
                  min_scale: float | None = None, max_scale: float | None = None):
-        super().__init__(_check_scale("init_scale", init_scale))
-        self.growth_factor = _check_scale("growth_factor", growth_factor)
+        super().__init__(positive_float("init_scale", init_scale))
+        self.growth_factor = positive_float("growth_factor", growth_factor)
         if self.growth_factor <= 1.0:
             raise ValueError(f"growth_factor must be > 1.0, got {growth_factor!r}")
-        self.backoff_factor = _check_scale("backoff_factor", backoff_factor)
+        self.backoff_factor = positive_float("backoff_factor", backoff_factor)
         if self.backoff_factor >= 1.0:
             raise ValueError(f"backoff_factor must be in (0, 1), got {backoff_factor!r}")
-        if isinstance(growth_interval, bool) or not isinstance(growth_interval, int):
-            raise TypeError(f"growth_interval must be a positive int, got {type(growth_interval).__name__}")
-        if growth_interval < 1:
-            raise ValueError(f"growth_interval must be a positive int, got {growth_interval!r}")
-        self.growth_interval = growth_interval
-        self.min_scale = None if min_scale is None else _check_scale("min_scale", min_scale)
-        self.max_scale = None if max_scale is None else _check_scale("max_scale", max_scale)
+        self.growth_interval = positive_int("growth_interval", growth_interval)
+        self.min_scale = None if min_scale is None else positive_float("min_scale", min_scale)
+        self.max_scale = None if max_scale is None else positive_float("max_scale", max_scale)
         if self.min_scale is not None and self.max_scale is not None and self.min_scale > self.max_scale:
             raise ValueError(f"min_scale={min_scale} is larger than max_scale={max_scale}")
         self._scale = self._clamp(self._scale)

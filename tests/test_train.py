@@ -13,7 +13,7 @@ from course_lib.data import char_lm_loaders, digits_loaders, digits_tensors
 from course_lib.master import MasterWeightOptimizer
 from course_lib.models import MLP, TinyTransformer
 from course_lib.scaling import DynamicLossScaler
-from course_lib.train import PRECISIONS, TrainResult, evaluate, train
+from course_lib.train import RECIPES, TrainResult, evaluate, train
 
 
 def _mlp(seed=0):
@@ -163,7 +163,7 @@ def _scale_for(precision):
             "fp16_naive": lambda: 4.0}.get(precision, lambda: "auto")
 
 
-@pytest.mark.parametrize("precision", list(PRECISIONS))
+@pytest.mark.parametrize("precision", list(RECIPES))
 def test_interrupted_and_resumed_run_is_bit_identical(precision, tmp_path):
     opt = "sgd" if precision == "fp16_naive" else "adam"
     common = dict(precision=precision, optimizer=opt, lr=0.05 if opt == "sgd" else 3e-3,
@@ -207,7 +207,8 @@ def test_crash_in_callback_then_resume_from_last_checkpoint(precision, tmp_path)
         train(_dropout_mlp(), make_loader(), loss_scale=_scale_for(precision)(), checkpoint_path=ckpt,
               checkpoint_every=4, callback=crash_at_11, **common)
     saved = torch.load(ckpt, weights_only=True)
-    assert (saved["step"], saved["epoch"], saved["batch"]) == (8, 0, 8)  # saved at an epoch's end
+    st = saved["state"]
+    assert (st["step"], st["epoch"], st["batch"]) == (8, 0, 8)  # saved at an epoch's end
     assert os.listdir(ckpt.parent) == ["run.pt"]  # atomic write: no temporary files left
     rest = train(_dropout_mlp(seed=7), make_loader(), loss_scale=_scale_for(precision)(),
                  checkpoint_path=ckpt, resume=True, checkpoint_every=4, **common)
@@ -265,7 +266,7 @@ def test_progress_bar_shows_loss_and_scale(loaders, capsys):
 
 @pytest.mark.parametrize("kwargs, exc, words", [
     ({"precision": "fp8"}, ValueError, "allowed: ['fp32', 'fp16_naive'"),
-    ({"optimizer": "lamb"}, ValueError, "allowed: ['adam', 'adamw', 'sgd']"),
+    ({"optimizer": "lamb"}, ValueError, "allowed: 'adam', 'adamw', 'sgd'"),
     ({"optimizer": 3}, TypeError, "optimizer must be"),
     ({"epochs": 1, "steps": 3}, ValueError, "exactly one of epochs"),
     ({"steps": None}, ValueError, "exactly one of epochs"),
@@ -298,3 +299,48 @@ def test_bad_loaders():
         train(_mlp(), [torch.zeros(2, 64)], steps=1, progress=False, device="cpu")
     with pytest.raises(TypeError, match="nn.Module"):
         train(copy.deepcopy, [], steps=1)
+
+
+_KILLED_RUNS = r"""
+import os, signal, sys, torch
+torch.set_num_threads(1)
+sys.path.insert(0, {tests!r})
+from test_train import _dropout_mlp, _scale_for
+from course_lib.data import digits_loaders
+from course_lib.train import train
+commons, folder = {commons!r}, {folder!r}
+
+def die(record):
+    if record["step"] == 9:               # after the checkpoint at step 8: lose step 9 and the rest
+        os.kill(os.getpid(), signal.SIGKILL)
+
+for p, common in commons.items():         # one forked child per recipe, killed mid-run
+    pid = os.fork()
+    if pid == 0:
+        tr, va = digits_loaders(batch_size=128, device="cpu")
+        train(_dropout_mlp(), tr, val_loader=va, loss_scale=_scale_for(p)(), checkpoint_every=4,
+              checkpoint_path=os.path.join(folder, p + ".pt"), callback=die, **common)
+        os._exit(0)                       # not reached: the callback kills the child
+    _, status = os.waitpid(pid, 0)
+    print(p, "killed" if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL else status)
+"""
+
+
+def test_a_killed_process_resumes_bit_identically_for_every_recipe(tmp_path):
+    import subprocess
+    import sys
+
+    commons = {p: dict(precision=p, optimizer="sgd" if p == "fp16_naive" else "adam",
+                       lr=0.05 if p == "fp16_naive" else 3e-3, epochs=2, progress=False,
+                       device="cpu", seed=5) for p in RECIPES}
+    script = _KILLED_RUNS.format(tests=os.path.dirname(__file__), commons=commons, folder=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.stdout.split() == [w for p in commons for w in (p, "killed")], out.stdout + out.stderr
+    tr, va = digits_loaders(batch_size=128, device="cpu")
+    for p, common in commons.items():
+        full = train(_dropout_mlp(), tr, val_loader=va, loss_scale=_scale_for(p)(), **common)
+        rest = train(_dropout_mlp(seed=42), tr, val_loader=va, loss_scale=_scale_for(p)(),
+                     checkpoint_path=tmp_path / f"{p}.pt", resume=True, **common)
+        assert rest.history[8]["step"] == 8 and len(rest.history) == 24
+        assert _same_weights(rest.model, full.model), p
+        assert _canon(rest.history) == _canon(full.history), p
