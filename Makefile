@@ -26,12 +26,15 @@ export TORCH TORCH_INDEX
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml tools/install_torch.py
+$(STAMP): pyproject.toml tools/install_torch.py tools/jupyterlab-overrides.json
 	@test -x $(PY) || { echo "[setup] creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
 	$(PY) tools/install_torch.py
 	$(PY) -m pip install --disable-pip-version-check -e ".[lab,dev]"
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL_NAME) \
 	    --display-name "Half-Precision Training (course)"
+	@# JupyterLab settings for the course (no "Jupyter news" prompt, no update check)
+	mkdir -p $(VENV)/share/jupyter/lab/settings
+	cp tools/jupyterlab-overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
 	@touch $(STAMP)
 	@echo "[setup] done: $(VENV) has the course, torch and the '$(KERNEL_NAME)' kernel"
 

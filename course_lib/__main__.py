@@ -20,6 +20,7 @@ def _grade(args) -> int:
         report = grade_paths(args.paths, cell_timeout=args.cell_timeout,
                              notebook_timeout=args.notebook_timeout, kernel=args.kernel,
                              output_limit=args.output_limit, executed_dir=args.save_executed,
+                             jobs=args.jobs,
                              progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     except (GradingError, ValueError) as exc:
         print(f"grade: {exc}", file=sys.stderr)
@@ -61,13 +62,17 @@ def _env(args) -> int:
     return 0
 
 
-def _bench(args) -> int:
-    if args.name == "formats":
-        from . import bench_formats
+BENCHMARKS = {"formats": "course_lib.bench_formats", "grading": "course_lib.bench.grading"}
 
-        return bench_formats.main(args.rest) or 0
-    print(f"bench: unknown benchmark {args.name!r}; available: formats", file=sys.stderr)
-    return 2
+
+def _bench(args) -> int:
+    import importlib
+
+    if args.name not in BENCHMARKS:
+        print(f"bench: unknown benchmark {args.name!r}; available: {', '.join(BENCHMARKS)}",
+              file=sys.stderr)
+        return 2
+    return importlib.import_module(BENCHMARKS[args.name]).main(args.rest) or 0
 
 
 def main(argv=None) -> int:
@@ -84,6 +89,9 @@ def main(argv=None) -> int:
     g.add_argument("--output-limit", type=int, default=1_000_000,
                    help="characters of output kept per cell (1,000,000)")
     g.add_argument("--save-executed", default=None, help="folder for the executed notebooks")
+    g.add_argument("--jobs", type=int, default=None,
+                   help="notebooks graded at the same time, each in its own kernel "
+                        "(default: the number of CPU cores)")
     g.set_defaults(func=_grade)
 
     b = sub.add_parser("build", help="make learner notebooks from solutions")

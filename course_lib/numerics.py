@@ -15,7 +15,10 @@ with FP32 arithmetic, which is what tensor cores do inside a matmul).
 * :func:`sequential_sum` -- a running sum whose accumulator is rounded to the
   format after every addition, as a naive FP16 reduction would be;
 * :func:`stable_log_softmax` -- log-softmax that does not overflow in 16 bits
-  (subtract the row maximum; the reference for exercise 02.stable_log_softmax).
+  (subtract the row maximum; the reference for exercise 02.stable_log_softmax);
+* :func:`smallest_loss_scale` -- the smallest power-of-two loss scale that
+  keeps a gradient tensor from flushing to zero in FP16 without overflowing
+  (the reference for exercise 02.smallest_loss_scale).
 
 Introduced in chapter 02 (notebooks/02_where_16_bits_break.ipynb).
 """
@@ -132,3 +135,42 @@ def stable_log_softmax(logits: torch.Tensor) -> torch.Tensor:
     shifted = x - m
     out = shifted - torch.log(torch.exp(shifted).sum(dim=-1, keepdim=True))
     return out.to(logits.dtype)
+
+
+def smallest_loss_scale(grads: torch.Tensor, max_flushed: int = 0, fmt="fp16",
+                        max_log2: int = 24) -> float | None:
+    """The smallest loss scale ``2**k`` that lets ``grads`` survive a cast to ``fmt``.
+
+    Algorithm: for ``k = 0, 1, ..., max_log2``, scale the gradients by
+    ``S = 2**k`` (exact in float32: a power of two only moves the exponent),
+    round to ``fmt``, and count the nonzero values that became 0 and the values
+    that became inf; return the first ``S`` with at most ``max_flushed`` zeros
+    and no inf. ``None`` if there is none (the gradients span more binades
+    than the format: some flush at every scale that does not overflow others).
+    A value survives exactly when ``|g| * S`` is *above* half the smallest
+    subnormal (exactly half rounds to 0: ties go to even) and overflows from
+    ``max + ulp/2`` up (65520 in FP16).
+
+    Args:
+        grads (Tensor): finite gradient values (any floating dtype).
+        max_flushed (int, default 0): how many nonzero values may round to zero.
+        fmt (default "fp16"): the target format. max_log2 (int, default 24).
+
+    >>> smallest_loss_scale(torch.tensor([1e-3, 2.0 ** -30, 0.0]))
+    64.0
+    >>> smallest_loss_scale(torch.tensor([2.0 ** -30, 60000.0])) is None
+    True
+    """
+    g = _float_tensor(grads, "grads")
+    if not bool(torch.isfinite(g).all()):
+        raise ValueError("grads must be finite (an inf or NaN gradient overflows at every scale)")
+    if isinstance(max_flushed, bool) or not isinstance(max_flushed, int) or max_flushed < 0:
+        raise ValueError(f"max_flushed must be a non-negative int, got {max_flushed!r}")
+    nonzero = g != 0
+    for k in range(max_log2 + 1):
+        scaled = round_to_format(g * 2.0 ** k, fmt, saturate=False)
+        if bool(torch.isinf(scaled).any()):
+            return None  # larger scales overflow too
+        if int(((scaled == 0) & nonzero).sum()) <= max_flushed:
+            return float(2 ** k)
+    return None

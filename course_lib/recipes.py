@@ -15,7 +15,9 @@ modes, so that training code never asks ``if precision == ...``:
   ``"master"`` (FP32 master weights, :class:`course_lib.master.MasterWeightOptimizer`)
   or ``"grad_scaler"`` (``torch.amp.GradScaler``);
 * ``default_loss_scale`` -- ``None`` (no scaling), ``"dynamic"`` or a
-  fixed number.
+  fixed number;
+* ``skip_nonfinite`` -- for the "plain" stepper only: skip a step whose
+  gradients hold inf/NaN (the "master" and "grad_scaler" steppers always do).
 
 From those fields a recipe derives its behaviour: :meth:`Recipe.forward_context`,
 :meth:`Recipe.prepare_model`, :meth:`Recipe.prepare_input`,
@@ -92,6 +94,7 @@ class Recipe:
     loss_in_fp32: bool = False
     stepper: str = "plain"
     default_loss_scale: float | str | None = None
+    skip_nonfinite: bool = False
     chapter: str = "02"
 
     def __post_init__(self):
@@ -133,6 +136,9 @@ class Recipe:
                 bad("stepper='grad_scaler' is for float16 autocast (autocast_dtype=torch.float16); "
                     f"got autocast_dtype={_dtype_name(self.autocast_dtype)}")
         self._check_loss_scale(self.default_loss_scale, "default_loss_scale")
+        if self.skip_nonfinite and self.stepper != "plain":
+            bad(f"skip_nonfinite is an option of the 'plain' stepper; stepper={self.stepper!r} "
+                "always skips a step whose gradients hold inf/NaN")
 
     # -- what the recipe means ------------------------------------------------------------
     @property
@@ -237,7 +243,8 @@ class Recipe:
             scaler = scale
         if self.stepper == "master":
             return steppers.MasterStepper(params, optimizer_factory, scaler, grad_clip)
-        return steppers.PlainStepper(params, optimizer_factory(params), scaler, grad_clip)
+        return steppers.PlainStepper(params, optimizer_factory(params), scaler, grad_clip,
+                                     skip_nonfinite=self.skip_nonfinite)
 
     def training_state_bytes(self, n_params: int, optimizer: str = "adam") -> dict[str, int]:
         """The persistent memory bill for ``n_params`` parameters (chapter 00).

@@ -113,8 +113,9 @@ class PlainStepper(Stepper):
     Algorithm of ``step()``: unscale the gradients by the scaler (the null
     scaler multiplies by nothing), measure their global norm, clip them if
     ``grad_clip`` is set and the norm is finite, and step the optimizer --
-    always, even when a gradient is inf/NaN (nothing checks; that is what
-    makes the tutorial's FP16 loop fail).
+    even when a gradient is inf/NaN (the tutorial's FP16 loop checks
+    nothing), unless ``skip_nonfinite=True``: then such a step is skipped
+    (gradients left as they are, optimizer untouched).
 
     Args:
         params (list of Tensor): the parameters the optimizer updates.
@@ -122,14 +123,16 @@ class PlainStepper(Stepper):
         scaler (LossScaler | None, default None): ``StaticLossScaler`` for a fixed scale;
             ``None`` means :class:`NoLossScaler`.
         grad_clip (float | None, default None): clip to this global norm.
+        skip_nonfinite (bool, default False): skip a step whose gradients hold inf/NaN.
     """
 
     def __init__(self, params, optimizer: torch.optim.Optimizer, scaler: LossScaler | None = None,
-                 grad_clip: float | None = None):
+                 grad_clip: float | None = None, skip_nonfinite: bool = False):
         self.params = list(params)
         self.optimizer = instance_of("optimizer", optimizer, torch.optim.Optimizer)
         self.scaler = NoLossScaler() if scaler is None else instance_of("scaler", scaler, LossScaler)
         self.grad_clip = positive_float("grad_clip", grad_clip, allow_none=True)
+        self.skip_nonfinite = bool(instance_of("skip_nonfinite", skip_nonfinite, bool))
 
     @property
     def scale(self) -> float:
@@ -141,8 +144,10 @@ class PlainStepper(Stepper):
     def step(self) -> StepInfo:
         scale = self.scaler.get_scale()
         grads = [p.grad for p in self.params if p.grad is not None]
-        self.scaler.unscale_(grads)
+        found_inf = self.scaler.unscale_(grads)
         self.scaler.update()
+        if found_inf and self.skip_nonfinite:
+            return StepInfo(scale, True, math.nan)
         norm = global_grad_norm(grads)
         _clip(grads, self.grad_clip, norm)
         self.optimizer.step()

@@ -5,7 +5,7 @@
 its field-by-field breakdown from :func:`course_lib.formats.explain`. Change
 the format and the same bits are read again in the new format. It works
 without a browser too: the widget is ordinary Python state, so a headless
-kernel (the grader, nbval) builds it, and :meth:`BitExplorer.set_bits`
+kernel (the grader, the test suite) builds it, and :meth:`BitExplorer.set_bits`
 drives it. Introduced in chapter 01 (notebooks/01_float_formats.ipynb).
 """
 from __future__ import annotations

@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from course_lib.grading import Case, Exercise, check, exact, register
+from course_lib.grading import Case, Exercise, Registry, Status, check as course_check, exact
 from course_lib.grading.checking import RESULTS_ENV
 from course_lib.grading.timelimit import CheckTimeout, call_with_time_limit
 from course_lib.memory import parameter_bytes, training_state_bytes
@@ -23,8 +23,18 @@ def _cases(rng):
         yield Case("random", (rng.randint(-1000, 1000),))
 
 
-register(Exercise(id="99.double", title="double it", points=3, reference=_double, cases=_cases,
-                  compare=exact, hint="multiply by two", time_limit=0.5))
+# A registry of this test module's own: nothing leaks into the course's registry.
+LOCAL = Registry([Exercise(id="99.double", title="double it", points=3, reference=_double, cases=_cases,
+                           compare=exact, hint="multiply by two", time_limit=0.5),
+                  Exercise(id="99.broken", title="broken reference", points=1,
+                           reference=lambda x: 1 / 0, cases=_cases, compare=exact)])
+
+
+def check(exercise_id, obj, **kwargs):
+    """check() against the local registry for chapter 99, the course's otherwise."""
+    if exercise_id.startswith("99."):
+        kwargs["registry"] = LOCAL
+    return course_check(exercise_id, obj, **kwargs)
 
 
 def test_reference_passes_with_full_points(capsys):
@@ -40,6 +50,7 @@ def test_hard_coded_answer_fails():
     assert r.status == "failed" and r.points == 0 and r.passed_cases == 1
     text = r.report()
     assert "case 2/6 (random)" in text and "hint: multiply by two" in text
+    assert "seed 1" in text  # the seed is in the report, to replay the same cases
 
 
 def test_random_cases_change_between_calls():
@@ -57,6 +68,7 @@ def test_random_cases_change_between_calls():
 def test_statuses(fn, status, words):
     r = check("99.double", fn, quiet=True)
     assert r.status == status, r.report()
+    assert isinstance(r.status, Status)
     assert r.points == 0
     assert words in r.report()
 
@@ -105,8 +117,6 @@ def test_unknown_id_and_non_callable_never_raise():
 
 
 def test_internal_grader_error_is_reported_not_raised():
-    register(Exercise(id="99.broken", title="broken reference", points=1,
-                      reference=lambda x: 1 / 0, cases=_cases, compare=exact))
     r = check("99.broken", _double, quiet=True)
     assert r.status == "error" and "internal grader error" in r.messages[0]
 
@@ -137,7 +147,7 @@ def test_chapter00_exercises_pass_on_reference_and_fail_on_wrong_answers():
 
     def halves(n, recipe, optimizer="adam"):
         bill = training_state_bytes(n, recipe, optimizer)
-        if recipe == "mixed":
+        if recipe == "mixed_manual":
             bill = {k: v // 2 for k, v in bill.items()}
         return bill
 
@@ -162,3 +172,12 @@ def test_time_limit_helper_thread_fallback():
     assert isinstance(box.get("exc"), CheckTimeout) and box["value"] == 7
     with pytest.raises(ValueError, match="seconds must be > 0"):
         call_with_time_limit(time.sleep, 0, 1)
+
+
+def test_test_exercises_do_not_leak_into_the_course_registry():
+    from course_lib.grading import all_exercises
+
+    assert not [i for i in all_exercises() if i.startswith("99.")]
+    assert LOCAL.get("99.double").points == 3
+    with pytest.raises(KeyError, match="known: 99.broken, 99.double"):
+        LOCAL.get("99.nope")

@@ -313,7 +313,8 @@ def test_fields_and_explain():
                                        "mantissa=1+0/1024  → 1.0 (normal)")
     assert "5.960464477539063e-08 (subnormal)" in explain(1, "fp16")
     assert "-inf (inf)" in explain(0xFC00, "fp16")
-    assert "only NaN" in explain(0xFF, "e4m3") and "only NaN" in explain(0x80, "fp8_e5m2fnuz")
+    assert "two NaNs" in explain(0xFF, "e4m3") and "two NaNs" in explain(0x7F, "e4m3")
+    assert "only NaN" in explain(0x80, "fp8_e5m2fnuz")
     assert explain(0x3F800000, "fp32").startswith("0 01111111 00000000000000000000000  fp32")
     with pytest.raises(ValueError, match="takes ONE bit pattern; got 2"):
         explain([1, 2], "fp16")

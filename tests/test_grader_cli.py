@@ -1,10 +1,10 @@
-"""The command-line grader, end to end: solutions score full marks, learner notebooks
-score zero, and adversarial learner notebooks still get a complete report."""
+"""The command-line grader, end to end: adversarial learner notebooks still get a complete
+report; bad input and broken kernels fail grading clearly. (The course's own solution and
+learner notebooks are graded in tests/test_notebooks.py.)"""
 import json
 import subprocess
 import sys
 
-import nbformat
 import pytest
 
 from course_lib.grading.registry import exercises_for_chapter
@@ -24,7 +24,8 @@ ADVERSARIAL = {
     "raises": ([GOOD_TS, "def parameter_bytes(model, dtype):\n    raise ValueError('oops')",
                 CHECK_PB, CHECK_TS], {"00.parameter_bytes": "error",
                                       "00.training_state_bytes": "passed"}, []),
-    # check()'s own 10 s limit stops the loop inside the kernel, before the 15 s cell limit.
+    # check()'s own 10 s limit stops the loop inside the kernel, before the 25 s cell limit
+    # (with a margin: on a loaded machine the kernel's other work in that cell takes time too).
     "hangs_in_function": ([GOOD_TS, "def parameter_bytes(model, dtype):\n    while True:\n        pass",
                            CHECK_PB, CHECK_TS], {"00.parameter_bytes": "timeout",
                                                  "00.training_state_bytes": "passed"},
@@ -57,49 +58,20 @@ ADVERSARIAL = {
 }
 
 
+# One grader run for every adversarial notebook (in parallel, --jobs 2): the tests that use it
+# run in one xdist worker (loadgroup), so the run happens once.
+pytestmark = pytest.mark.xdist_group("grader_cli")
+
+
 @pytest.fixture(scope="module")
 def adversarial_report(tmp_path_factory):
     root = tmp_path_factory.mktemp("submissions")
     for learner, (cells, _, _) in ADVERSARIAL.items():
         make_notebook(root / learner / "00_orientation.ipynb", cells)
     report = root / "report.json"
-    proc, data = run_grader(str(root), "--cell-timeout", "15", "--json", str(report),
-                            "--save-executed", str(root / "executed"))
+    proc, data = run_grader(str(root), "--cell-timeout", "25", "--json", str(report),
+                            "--save-executed", str(root / "executed"), "--jobs", "2")
     return proc, data, root
-
-
-def test_solutions_score_full_marks_without_warnings(tmp_path):
-    proc, data = run_grader("solutions", "--save-executed", str(tmp_path))
-    assert proc.returncode == 0, proc.stderr
-    assert data and not data["grading_failed"]
-    chapters = {nb["chapter"] for nb in data["notebooks"]}
-    assert chapters == {p.name[:2] for p in (ROOT / "solutions").glob("*.ipynb")}
-    for nb in data["notebooks"]:
-        assert nb["exercises"], nb["path"]
-        for ex in nb["exercises"]:
-            assert ex["status"] == "passed", (nb["path"], ex)
-        assert nb["points"] == nb["max_points"] > 0
-        assert not [e for e in nb["events"] if "Error" in e], nb["events"]
-    # No warning (or anything else) of ours on stderr in any solution notebook.
-    for path in tmp_path.rglob("*.ipynb"):
-        for cell in nbformat.read(path, 4).cells:
-            for out in cell.get("outputs", []):
-                assert not (out["output_type"] == "stream" and out["name"] == "stderr"), \
-                    f"{path.name}: stderr output: {out['text'][:300]}"
-    assert "100%" in proc.stdout
-
-
-def test_learner_notebooks_score_zero_with_not_implemented():
-    proc, data = run_grader("notebooks")
-    assert proc.returncode == 0, proc.stderr
-    assert not data["grading_failed"]
-    assert len(data["notebooks"]) == len(list((ROOT / "notebooks").glob("*.ipynb")))
-    for nb in data["notebooks"]:
-        assert nb["points"] == 0 and nb["max_points"] > 0
-        assert nb["events"] == [], nb["events"]   # the rest of the chapter runs without the answers
-        for ex in nb["exercises"]:
-            assert ex["status"] == "not implemented", (nb["path"], ex)
-            assert "replace this line with your code" in ex["messages"][0]
 
 
 @pytest.mark.parametrize("learner", sorted(ADVERSARIAL))
@@ -108,7 +80,7 @@ def test_adversarial_notebooks_get_a_complete_report(adversarial_report, learner
     assert proc.returncode == 0, proc.stdout + proc.stderr
     _, expected, words = ADVERSARIAL[learner]
     (nb,) = [nb for nb in data["notebooks"] if nb["learner"] == learner]
-    got = {ex["id"]: ex["status"] for ex in nb["exercises"]}
+    got = {ex["exercise"]: ex["status"] for ex in nb["exercises"]}
     assert sorted(got) == sorted(CH00)
     assert got == expected, (nb["events"], nb["exercises"])
     for ex in nb["exercises"]:
@@ -136,7 +108,7 @@ def test_unreadable_notebook_is_reported_and_fails_grading(tmp_path):
     assert proc.returncode == 1
     (nb,) = data["notebooks"]
     assert nb["grading_failed"] and "could not read" in nb["events"][0]
-    assert {ex["id"]: ex["status"] for ex in nb["exercises"]} == {i: "not run" for i in CH00}
+    assert {ex["exercise"]: ex["status"] for ex in nb["exercises"]} == {i: "not run" for i in CH00}
 
 
 @pytest.mark.parametrize("args, words", [
@@ -157,7 +129,9 @@ def test_json_report_layout(adversarial_report):
     assert set(data) >= {"notebooks", "learners", "totals", "settings", "grading_failed"}
     nb = data["notebooks"][0]
     assert set(nb) >= {"path", "learner", "chapter", "exercises", "points", "max_points", "events"}
-    assert set(nb["exercises"][0]) >= {"id", "points", "max_points", "status", "messages"}
+    assert set(nb["exercises"][0]) >= {"exercise", "points", "max_points", "status", "messages", "seed"}
+    graded = [ex for n in data["notebooks"] for ex in n["exercises"] if ex["status"] != "not run"]
+    assert graded and all(isinstance(ex["seed"], int) for ex in graded)  # to replay check(..., seed=)
     assert data["totals"]["max_points"] == sum(n["max_points"] for n in data["notebooks"])
     json.dumps(data)
 
@@ -168,4 +142,4 @@ def test_a_kernel_that_cannot_start_fails_grading_with_a_report(tmp_path):
     assert proc.returncode == 1
     (report,) = data["notebooks"]
     assert report["grading_failed"] and "could not start" in report["events"][0]
-    assert {ex["id"]: ex["status"] for ex in report["exercises"]} == {i: "not run" for i in CH00}
+    assert {ex["exercise"]: ex["status"] for ex in report["exercises"]} == {i: "not run" for i in CH00}

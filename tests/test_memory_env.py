@@ -19,8 +19,9 @@ def test_parameter_bytes_counts_parameters_once_in_the_dtype():
         memory.parameter_bytes(lin, "float16")
 
 
-@pytest.mark.parametrize("recipe, per_param", [("fp32", 16), ("amp", 16), ("mixed", 16),
-                                               ("fp16", 8), ("bf16", 8)])
+@pytest.mark.parametrize("recipe, per_param", [("fp32", 16), ("amp_fp16", 16), ("amp_bf16", 16),
+                                               ("mixed_manual", 16), ("fp16_naive", 8),
+                                               ("bf16_pure", 8)])
 def test_training_state_bytes_with_adam(recipe, per_param):
     bill = memory.training_state_bytes(1000, recipe, "adam")
     assert bill["total"] == per_param * 1000
@@ -39,7 +40,7 @@ def test_training_state_bytes_matches_real_adam_state():
 
 
 def test_training_state_bytes_bad_input():
-    with pytest.raises(ValueError, match="allowed: fp32, amp, mixed, fp16, bf16"):
+    with pytest.raises(ValueError, match=r"allowed: \['fp32', 'fp16_naive', 'mixed_manual'"):
         memory.training_state_bytes(10, "fp8")
     with pytest.raises(ValueError, match="unknown optimizer"):
         memory.training_state_bytes(10, "fp32", "lion")
@@ -106,6 +107,24 @@ def test_measured_bill_matches_the_predicted_one():
     opt.step()
     for p in model16.parameters():
         p.grad = torch.zeros_like(p)
-    assert memory.measure_training_state(model16, opt) == memory.training_state_bytes(n16, "mixed", "adam")
+    assert memory.measure_training_state(model16, opt) == memory.training_state_bytes(n16, "mixed_manual", "adam")
     with pytest.raises(TypeError, match="torch.optim.Optimizer or a MasterWeightOptimizer"):
         memory.measure_training_state(model16, "adam")
+
+
+def test_step_peak_counts_the_fp32_master_gradients_the_persistent_bill_leaves_out():
+    from course_lib.master import MasterWeightOptimizer
+
+    model16 = torch.nn.Linear(12, 7).half()
+    n = sum(p.numel() for p in model16.parameters())
+    opt = MasterWeightOptimizer(model16, torch.optim.Adam, lr=1e-3)
+    model16(torch.randn(5, 12).half()).float().sum().backward()
+    peak = memory.measure_step_peak(model16, opt, opt.step)
+    assert peak["master_gradients"] == 4 * n and peak["total"] == 20 * n
+    assert all(m.grad is None for m in opt.master_params)   # freed again after the step
+    model = torch.nn.Linear(12, 7)
+    adam = torch.optim.Adam(model.parameters())
+    model(torch.randn(5, 12)).sum().backward()
+    assert memory.measure_step_peak(model, adam, adam.step)["total"] == 16 * n
+    with pytest.raises(TypeError, match="MasterWeightOptimizer"):
+        memory.measure_step_peak(model, "adam", adam.step)

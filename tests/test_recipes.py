@@ -209,3 +209,22 @@ def test_accumulation_loss_is_normalised_by_micro_batch_share():
     r = train(MLP(hidden=(8,)), _loader(24, 16), optimizer="sgd", lr=0.1, steps=1, accum_steps=2,
               loss_fn=loss_fn, progress=False, device="cpu")
     assert r.history[0]["loss"] == pytest.approx(2 / 3 * seen[0] + 1 / 3 * seen[1], rel=1e-12)
+
+
+def test_plain_stepper_can_skip_nonfinite_steps_when_asked():
+    model, x = _toy()
+    before = [p.detach().clone() for p in model.parameters()]
+    stepper = PlainStepper(list(model.parameters()), torch.optim.SGD(model.parameters(), lr=0.1),
+                           skip_nonfinite=True)
+    stepper.zero_grad()
+    stepper.backward(model(x).pow(2).mean())
+    next(model.parameters()).grad[0, 0] = float("nan")
+    info = stepper.step()
+    assert info.skipped and math.isnan(info.grad_norm)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
+    with pytest.raises(ValueError, match="option of the 'plain' stepper"):
+        Recipe("x", "x", param_dtype=torch.float16, input_dtype=torch.float16, stepper="master",
+               skip_nonfinite=True)
+    checked = Recipe("fp16_checked", "tutorial loop + overflow check", param_dtype=torch.float16,
+                     input_dtype=torch.float16, skip_nonfinite=True)
+    assert checked.make_stepper(list(model.parameters()), lambda p: torch.optim.SGD(p, lr=0.1)).skip_nonfinite

@@ -143,3 +143,16 @@ def test_make_lab_starts_jupyterlab_headless_and_prints_the_url():
             proc.wait(20)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_course_lab_settings_switch_off_the_news_prompt():
+    import json
+
+    overrides = json.loads((ROOT / "tools" / "jupyterlab-overrides.json").read_text())
+    notification = overrides["@jupyterlab/apputils-extension:notification"]
+    assert notification == {"fetchNews": "false", "checkForUpdates": False}
+    schema = ROOT / ".venv/share/jupyter/lab/schemas/@jupyterlab/apputils-extension/notification.json"
+    if schema.exists():  # the keys are the ones this JupyterLab understands
+        assert set(notification) <= set(json.loads(schema.read_text())["properties"])
+    installed = ROOT / ".venv/share/jupyter/lab/settings/overrides.json"
+    assert json.loads(installed.read_text()) == overrides, "make install copies the course's settings"

@@ -7,7 +7,7 @@ import torch
 from course_lib.formats import decode, round_to_format, ulp
 from course_lib.grading.compare import same, same_float
 from course_lib.grading.inputs import log_uniform, torch_generator
-from course_lib.grading.registry import Case, Exercise, register
+from course_lib.grading.registry import Alternative, Case, Exercise, Mistake
 
 
 def decode_fp16(bits: int) -> float:
@@ -41,6 +41,9 @@ def _bf16_cases(rng):
     g = torch_generator(rng)
     specials = torch.tensor([0.0, -0.0, 1.0, -1.0, float("inf"), float("-inf"), float("nan")])
     yield Case("edge: zeros, ones, infinities, NaN", (specials,))
+    # NaNs whose payload would carry into the exponent (and look like inf) when rounded blindly.
+    payloads = torch.tensor([0x7FFFFFFF, -1, 0x7F80FFFF, 0x7FBF8000], dtype=torch.int32)
+    yield Case("edge: NaNs with large payloads (NaN must stay NaN)", (payloads.view(torch.float32),))
     # Exact midpoints between neighbouring bf16 values: the low 16 bits are 0x8000.
     upper = torch.randint(0, 0x7F7F, (64,), generator=g, dtype=torch.int32)
     ties = ((upper << 16) | 0x8000).view(torch.float32)
@@ -66,36 +69,175 @@ def _ulp_cases(rng):
         yield Case("random magnitudes over every FP16 binade", (x,))
 
 
-register(Exercise(
-    id="01.decode_fp16",
-    title="Decode an FP16 bit pattern by hand",
-    points=2,
-    reference=decode_fp16,
-    cases=_decode_cases,
-    compare=same_float,
-    hint="1 sign bit, 5 exponent bits (bias 15), 10 mantissa bits; an exponent field of 0 means "
-         "subnormal (no implicit leading 1), 31 means inf or NaN; remember -0.0",
-))
+# -- known-correct alternatives and known mistakes ---------------------------------------------
+def _decode_with_struct(bits):
+    import struct
 
-register(Exercise(
-    id="01.round_to_bf16",
-    title="Round float32 to bfloat16 (ties to even) with integer bit operations",
-    points=3,
-    reference=round_to_bf16,
-    cases=_bf16_cases,
-    compare=same(bitwise=True),
-    hint="x.view(torch.int32) gives the bits; a bf16 value is a float32 whose low 16 bits are zero; "
-         "a tie goes the way that leaves the lowest kept bit 0; NaN must stay NaN; return float32",
-    forbidden_dtypes=(torch.bfloat16,),
-))
+    return struct.unpack("<e", int(bits).to_bytes(2, "little"))[0]
 
-register(Exercise(
-    id="01.fp16_ulp",
-    title="The spacing (ulp) of FP16 at x",
-    points=2,
-    reference=fp16_ulp,
-    cases=_ulp_cases,
-    compare=same(),
-    hint="for |x| in [2**e, 2**(e+1)) the spacing is 2**(e - 10); below 2**-14 (subnormals, and 0) "
-         "it stays 2**-24; torch.frexp gives e, but not for 0",
-))
+
+def _decode_with_numpy(bits):
+    import numpy as np
+
+    return float(np.array([bits], dtype=np.uint16).view(np.float16)[0])
+
+
+def _decode_with_ldexp(bits):
+    import math
+
+    sign, exponent, mantissa = bits >> 15, (bits >> 10) & 0x1F, bits & 0x3FF
+    if exponent == 0x1F:
+        return math.nan if mantissa else math.copysign(math.inf, -sign or 1)
+    significand = mantissa if exponent == 0 else mantissa | 0x400      # an integer of 10 or 11 bits
+    return math.copysign(math.ldexp(significand, max(exponent, 1) - 25), -1.0 if sign else 1.0)
+
+
+def _decode_positive_zero(bits):
+    value = decode_fp16(bits)
+    return 0.0 if value == 0 else value
+
+
+def _decode_no_subnormals(bits):
+    s, e, m = bits >> 15, (bits >> 10) & 0x1F, bits & 0x3FF
+    if e == 0x1F:
+        return float("nan") if m else (-1) ** s * float("inf")
+    return (-1) ** s * 2.0 ** (e - 15) * (1 + m / 1024)        # treats E=0 as normal
+
+
+def _decode_bias_16(bits):
+    s, e, m = bits >> 15, (bits >> 10) & 0x1F, bits & 0x3FF
+    if e == 0x1F:
+        return float("nan") if m else (-1) ** s * float("inf")
+    if e == 0:
+        return (-1) ** s * 2.0 ** -15 * (m / 1024)
+    return (-1) ** s * 2.0 ** (e - 16) * (1 + m / 1024)
+
+
+def _bf16_by_division(x):
+    bits = x.view(torch.int32).to(torch.int64) & 0xFFFFFFFF          # unsigned 32-bit pattern
+    high, low = torch.div(bits, 65536, rounding_mode="floor"), bits % 65536
+    up = (low > 0x8000) | ((low == 0x8000) & (high % 2 == 1))
+    rounded = ((high + up.to(torch.int64)) * 65536) & 0xFFFFFFFF
+    rounded = torch.where(rounded >= 2 ** 31, rounded - 2 ** 32, rounded).to(torch.int32)
+    return torch.where(torch.isnan(x), x, rounded.view(torch.float32))
+
+
+def _bf16_with_numpy(x):
+    import numpy as np
+
+    b = x.detach().numpy().view(np.uint32).astype(np.uint64)
+    r = ((b + 0x7FFF + ((b >> 16) & 1)) >> 16 << 16).astype(np.uint32)
+    out = torch.from_numpy(r.view(np.float32).copy())
+    return torch.where(torch.isnan(x), x, out)
+
+
+def _bf16_truncate(x):
+    return (x.view(torch.int32) & -0x10000).view(torch.float32)
+
+
+def _bf16_round_half_up(x):
+    r = ((x.view(torch.int32) + 0x8000) & -0x10000).view(torch.float32)
+    return torch.where(torch.isnan(x), x, r)
+
+
+def _bf16_cast(x):
+    return x.to(torch.bfloat16).float()
+
+
+def _bf16_forgets_nan(x):
+    bits = x.view(torch.int32)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) & -0x10000).view(torch.float32)
+
+
+def _ulp_from_exponent_field(x):
+    exponent = ((x.view(torch.int32) >> 23) & 0xFF) - 127            # float32's binade of |x|
+    return torch.exp2((exponent.clamp(min=-14) - 10).to(torch.float32))
+
+
+def _ulp_with_math_frexp(x):
+    import math
+
+    out = [math.ldexp(1.0, max(math.frexp(v)[1] - 1, -14) - 10) if v else 2.0 ** -24
+           for v in x.abs().tolist()]
+    return torch.tensor(out, dtype=torch.float32).reshape(x.shape)
+
+
+def _ulp_forgets_zero(x):
+    _, e = torch.frexp(x.abs())
+    return torch.exp2(((e - 1).clamp(min=-14) - 10).float())
+
+
+def _ulp_no_subnormal_floor(x):
+    _, e = torch.frexp(x.abs())
+    return torch.exp2((e - 11).float())
+
+
+def _ulp_of_rounded_value(x):
+    _, e = torch.frexp(x.abs().half().float())                      # the binade after rounding
+    k = torch.where(x == 0, torch.full_like(e, -14), (e - 1).clamp(min=-14))
+    return torch.exp2((k - 10).float())
+
+
+EXERCISES = [
+    Exercise(
+        id="01.decode_fp16",
+        title="Decode an FP16 bit pattern by hand",
+        points=2,
+        reference=decode_fp16,
+        cases=_decode_cases,
+        compare=same_float,
+        hint="1 sign bit, 5 exponent bits (bias 15), 10 mantissa bits; an exponent field of 0 means "
+             "subnormal (no implicit leading 1), 31 means inf or NaN; remember -0.0",
+        alternatives=(
+            Alternative(_decode_with_struct, "struct's 'e' format (IEEE half)"),
+            Alternative(_decode_with_numpy, "numpy's float16 view"),
+            Alternative(_decode_with_ldexp, "an integer significand and math.ldexp"),
+        ),
+        mistakes=(
+            Mistake(_decode_positive_zero, "returns +0.0 for -0.0"),
+            Mistake(_decode_no_subnormals, "treats exponent field 0 as a normal number"),
+            Mistake(_decode_bias_16, "bias 16 instead of 15"),
+            Mistake(lambda bits: 1.0, "a hard-coded answer"),
+        ),
+    ),
+    Exercise(
+        id="01.round_to_bf16",
+        title="Round float32 to bfloat16 (ties to even) with integer bit operations",
+        points=3,
+        reference=round_to_bf16,
+        cases=_bf16_cases,
+        compare=same(bitwise=True),
+        hint="x.view(torch.int32) gives the bits; a bf16 value is a float32 whose low 16 bits are zero; "
+             "a tie goes the way that leaves the lowest kept bit 0; keep NaN as it is; return float32",
+        forbidden_dtypes=(torch.bfloat16,),
+        alternatives=(
+            Alternative(_bf16_by_division, "64-bit integer division and remainder, ties by parity"),
+            Alternative(_bf16_with_numpy, "the same bit trick in numpy uint64"),
+        ),
+        mistakes=(
+            Mistake(_bf16_truncate, "truncates (rounds toward zero)"),
+            Mistake(_bf16_round_half_up, "rounds ties up instead of to even"),
+            Mistake(_bf16_cast, "casts with x.to(torch.bfloat16) (refused: not bit operations)"),
+            Mistake(_bf16_forgets_nan, "lets a NaN payload carry into infinity"),
+        ),
+    ),
+    Exercise(
+        id="01.fp16_ulp",
+        title="The spacing (ulp) of FP16 at x",
+        points=2,
+        reference=fp16_ulp,
+        cases=_ulp_cases,
+        compare=same(),
+        hint="for |x| in [2**e, 2**(e+1)) the spacing is 2**(e - 10); below 2**-14 (subnormals, and 0) "
+             "it stays 2**-24; torch.frexp gives e, but not for 0",
+        alternatives=(
+            Alternative(_ulp_from_exponent_field, "float32's exponent field read from the bits"),
+            Alternative(_ulp_with_math_frexp, "math.frexp per element"),
+        ),
+        mistakes=(
+            Mistake(_ulp_forgets_zero, "no special case for 0"),
+            Mistake(_ulp_no_subnormal_floor, "no floor at the subnormal spacing 2**-24"),
+            Mistake(_ulp_of_rounded_value, "the spacing after rounding x to FP16"),
+        ),
+    ),
+]

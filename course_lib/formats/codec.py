@@ -212,7 +212,7 @@ def explain(bits, fmt) -> str:
         return f"{head}  (exponent field 0, mantissa 0)  → {f.value!r} (zero)"
     if f.kind == "nan":
         why = {"ieee": "exponent all ones, mantissa != 0",
-               "fn": "exponent and mantissa all ones: this format's only NaN, it has no inf"}[
+               "fn": "exponent and mantissa all ones: one of its two NaNs (one per sign), no inf"}[
                    fmt.convention]
         return f"{head}  ({why})  → nan (nan)"
     if f.kind == "inf":

@@ -98,6 +98,24 @@ def learner_version(nb, name: str, known_ids=None):
     return nb
 
 
+def build_one(solution, notebooks_dir) -> Path | None:
+    """Write the learner version of one solution notebook into ``notebooks_dir``.
+
+    Returns the path written, or ``None`` when the file was already up to date.
+    """
+    path, dst = Path(solution), Path(notebooks_dir)
+    if not path.is_file():
+        raise BuildError(f"{path} is not a solution notebook")
+    dst.mkdir(parents=True, exist_ok=True)
+    nb = nbformat.read(path, as_version=4)
+    text = nbformat.writes(learner_version(nb, str(path), set(all_exercises()))) + "\n"
+    target = dst / path.name
+    if target.exists() and target.read_text(encoding="utf-8") == text:
+        return None
+    target.write_text(text, encoding="utf-8")
+    return target
+
+
 def build(solutions_dir, notebooks_dir) -> list[Path]:
     """Write ``notebooks_dir/X.ipynb`` for every ``solutions_dir/X.ipynb``; return changed files.
 
@@ -107,17 +125,13 @@ def build(solutions_dir, notebooks_dir) -> list[Path]:
     if not src.is_dir():
         raise BuildError(f"{src} is not a folder of solution notebooks")
     dst.mkdir(parents=True, exist_ok=True)
-    known = set(all_exercises())
     changed = []
     names = set()
     for path in sorted(src.glob("*.ipynb")):
         names.add(path.name)
-        nb = nbformat.read(path, as_version=4)
-        text = nbformat.writes(learner_version(nb, str(path), known)) + "\n"
-        target = dst / path.name
-        if not target.exists() or target.read_text(encoding="utf-8") != text:
-            target.write_text(text, encoding="utf-8")
-            changed.append(target)
+        written = build_one(path, dst)
+        if written is not None:
+            changed.append(written)
     for stale in sorted(dst.glob("*.ipynb")):
         if stale.name not in names:
             stale.unlink()

@@ -13,7 +13,7 @@ raised, or returned something unusable), ``timeout``, ``not implemented``
 ``not run``.
 
 ``check`` never raises and never hangs. It prints a short report and returns a
-:class:`CheckResult`. When the environment variable ``COURSE_LIB_RESULTS``
+:class:`course_lib.grading.grade.Grade`. When the environment variable ``COURSE_LIB_RESULTS``
 names a file (the command-line grader sets it), the result is also appended
 there as one JSON line. Introduced in chapter 00 (notebooks/00_orientation.ipynb).
 """
@@ -27,108 +27,68 @@ import os
 import random
 import sys
 import traceback
-from dataclasses import asdict, dataclass, field
 
 from .compare import short
-from .registry import Case, get_exercise
+from .grade import Grade, Status
 from .guards import ForbiddenDtype, forbid_dtypes
+from .registry import REGISTRY, Case, Registry
 from .timelimit import CheckTimeout, call_with_time_limit
 
 RESULTS_ENV = "COURSE_LIB_RESULTS"
-STATUSES = ("passed", "failed", "error", "timeout", "not implemented", "not run")
-
-
-@dataclass
-class CheckResult:
-    """The outcome of one ``check`` call."""
-
-    exercise: str
-    status: str
-    points: int
-    max_points: int
-    passed_cases: int = 0
-    total_cases: int = 0
-    messages: list[str] = field(default_factory=list)
-    seed: int | None = None
-
-    @property
-    def passed(self) -> bool:
-        return self.status == "passed"
-
-    def report(self) -> str:
-        """The text ``check`` prints."""
-        mark = {"passed": "PASSED", "failed": "FAILED", "error": "ERROR",
-                "timeout": "TIMEOUT", "not implemented": "NOT IMPLEMENTED"}.get(self.status,
-                                                                                self.status.upper())
-        head = (f"[{mark}] {self.exercise}: {self.passed_cases}/{self.total_cases} cases passed, "
-                f"{self.points}/{self.max_points} points")
-        return "\n".join([head, *("  " + line for m in self.messages for line in m.splitlines())])
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    def __str__(self) -> str:
-        return self.report()
-
-    def __repr__(self) -> str:
-        return f"<CheckResult {self.exercise}: {self.status}, {self.points}/{self.max_points} points>"
-
-    def _ipython_display_(self):
-        # check() has already printed the report; showing it again when check(...)
-        # is the last line of a cell would only repeat it. print(result) shows it.
-        pass
 
 
 def check(exercise_id: str, obj, *, record: bool = True, quiet: bool = False,
-          seed: int | None = None) -> CheckResult:
+          seed: int | None = None, registry: Registry | None = None) -> Grade:
     """Grade ``obj`` (usually your function) against exercise ``exercise_id``.
 
-    Prints a short report and returns a :class:`CheckResult`; never raises.
+    Prints a short report and returns a :class:`Grade`; never raises.
     ``record=False`` keeps the result out of the command-line grader's report
-    (for demonstrations); ``seed`` fixes the random cases (default: fresh).
+    (for demonstrations); ``seed`` fixes the random cases (default: a fresh
+    one, shown in the report of a failure so you can replay it);
+    ``registry`` is the course's own by default.
 
     Example::
 
         check("00.parameter_bytes", parameter_bytes)
     """
     try:
-        result = _run(exercise_id, obj, seed)
+        grade = _run(exercise_id, obj, seed, registry or REGISTRY)
     except BaseException as exc:  # the grader itself failed: still report, never raise
-        result = CheckResult(str(exercise_id), "error", 0, 0,
-                             messages=[f"internal grader error: {type(exc).__name__}: {exc}",
-                                       "please report this to the course maintainers"])
+        grade = Grade(str(exercise_id), Status.ERROR, 0, seed=seed,
+                      messages=[f"internal grader error: {type(exc).__name__}: {exc}",
+                                "please report this to the course maintainers"])
     if not quiet:
-        print(result.report())
+        print(grade.report())
     if record:
-        _record(result)
-    return result
+        _record(grade)
+    return grade
 
 
-def _record(result: CheckResult) -> None:
+def _record(grade: Grade) -> None:
     path = os.environ.get(RESULTS_ENV)
     if not path:
         return
     try:
         with open(path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(result.to_json()) + "\n")
+            fh.write(json.dumps(grade.to_json()) + "\n")
     except OSError as exc:
         print(f"(could not record the result for the grader: {exc})", file=sys.stderr)
 
 
-def _run(exercise_id, obj, seed) -> CheckResult:
+def _run(exercise_id, obj, seed, registry: Registry) -> Grade:
     try:
-        ex = get_exercise(exercise_id)
+        ex = registry.get(exercise_id)
     except KeyError as exc:
-        return CheckResult(str(exercise_id), "error", 0, 0, messages=[str(exc.args[0])])
-
-    def result(status, passed, total, *messages):
-        points = ex.points if status == "passed" else 0
-        return CheckResult(ex.id, status, points, ex.points, passed, total, list(messages), seed)
-
+        return Grade(str(exercise_id), Status.ERROR, 0, messages=[str(exc.args[0])])
     if seed is None:
         seed = random.SystemRandom().randrange(2**32)
+
+    def result(status, passed, total, *messages):
+        return Grade(ex.id, status, ex.points, passed, total, list(messages), seed, ex.title)
+
+    hint = [f"hint: {ex.hint}"] if ex.hint else []
     if not callable(obj):
-        return result("error", 0, 0,
+        return result(Status.ERROR, 0, 0,
                       f"expected a function to test, got {type(obj).__name__}: {short(obj)}",
                       "pass the function itself, e.g. check(id, my_function), not its result")
     cases = list(ex.cases(random.Random(seed)))
@@ -138,16 +98,14 @@ def _run(exercise_id, obj, seed) -> CheckResult:
         outcome, got, detail = _call_learner(obj, case, ex.time_limit, ex.forbidden_dtypes)
         where = f"case {done + 1}/{total} ({case.label}), input {_describe(case)}"
         if outcome == "not implemented":
-            return result("not implemented", done, total, f"not implemented yet ({detail})")
+            return result(Status.NOT_IMPLEMENTED, done, total, f"not implemented yet ({detail})")
         if outcome == "timeout":
-            return result("timeout", done, total, f"{where}: {detail}",
+            return result(Status.TIMEOUT, done, total, f"{where}: {detail}",
                           f"each case must finish within {ex.time_limit:g} s; look for a loop that never ends")
         if outcome == "forbidden":
-            return result("failed", done, total, f"{where}: {detail}",
-                          *([f"hint: {ex.hint}"] if ex.hint else []))
+            return result(Status.FAILED, done, total, f"{where}: {detail}", *hint)
         if outcome == "error":
-            return result("error", done, total, f"{where}: your code raised {detail}",
-                          *([f"hint: {ex.hint}"] if ex.hint else []))
+            return result(Status.ERROR, done, total, f"{where}: your code raised {detail}", *hint)
         reason = ex.compare(expected, got)
         if reason:
             if not case.show_expected:
@@ -157,10 +115,8 @@ def _run(exercise_id, obj, seed) -> CheckResult:
                 lines.append(f"  expected: {short(expected)}")
             if short(got) not in reason:
                 lines.append(f"  got:      {short(got)}")
-            if ex.hint:
-                lines.append(f"hint: {ex.hint}")
-            return result("failed", done, total, *lines)
-    return result("passed", total, total)
+            return result(Status.FAILED, done, total, *lines, *hint)
+    return result(Status.PASSED, total, total)
 
 
 def _describe(case: Case) -> str:

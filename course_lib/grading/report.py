@@ -8,8 +8,11 @@ its folder. Introduced in chapter 00.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as _dt
 import json
+import multiprocessing
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,11 +64,13 @@ class GradeReport:
         for nb in self.notebooks:
             lines.append(f"{nb.path}  (learner: {nb.learner}, chapter {nb.chapter or '?'}, "
                          f"{nb.elapsed_s:.1f} s)")
-            width = max([len(e.id) for e in nb.exercises] + [8])
-            lines.append(f"  {'exercise'.ljust(width)}  {'status'.ljust(15)}  points")
+            width = max([len(e.exercise) for e in nb.exercises] + [8])
+            lines.append(f"  {'exercise'.ljust(width)}  {'status'.ljust(15)}  points  seed")
             for e in nb.exercises:
-                lines.append(f"  {e.id.ljust(width)}  {e.status.ljust(15)}  {e.points}/{e.max_points}")
-                if e.status != "passed" and e.messages:
+                seed = "" if e.seed is None else str(e.seed)
+                lines.append(f"  {e.exercise.ljust(width)}  {e.status.value.ljust(15)}  "
+                             f"{f'{e.points}/{e.max_points}'.ljust(6)}  {seed}")
+                if not e.passed and e.messages:
                     lines.append(f"  {''.ljust(width)}    {e.messages[0][:110]}")
             lines.append(f"  {'total'.ljust(width)}  {''.ljust(15)}  {nb.points}/{nb.max_points}")
             for event in nb.events[:8]:
@@ -110,19 +115,44 @@ def find_notebooks(paths) -> list[tuple[Path, str]]:
 
 def grade_paths(paths, *, cell_timeout: float = 120, notebook_timeout: float = 900,
                 kernel: str | None = None, output_limit: int = 1_000_000,
-                executed_dir: Path | None = None, progress=None) -> GradeReport:
-    """Grade every notebook under ``paths``; see :func:`runner.grade_notebook` for the limits."""
+                executed_dir: Path | None = None, progress=None, jobs: int | None = None) -> GradeReport:
+    """Grade every notebook under ``paths``; see :func:`runner.grade_notebook` for the limits.
+
+    ``jobs`` notebooks are graded at the same time (default: the number of
+    CPU cores), each in its own worker process and its own fresh kernel with
+    its own limits; the report lists them in the order they were found.
+    """
+    from course_lib.validate import positive_int
+
+    jobs = positive_int("jobs", os.cpu_count() or 1 if jobs is None else jobs)
     report = GradeReport(settings={"cell_timeout_s": cell_timeout,
                                    "notebook_timeout_s": notebook_timeout,
-                                   "kernel": kernel or "this python", "output_limit": output_limit})
+                                   "kernel": kernel or "this python", "output_limit": output_limit,
+                                   "jobs": jobs})
+    tasks = []
     for nb_path, learner in find_notebooks(paths):
-        if progress:
-            progress(f"grading {nb_path} ...")
         save = None
         if executed_dir is not None:
             Path(executed_dir, learner).mkdir(parents=True, exist_ok=True)
             save = Path(executed_dir, learner, nb_path.name)
-        report.notebooks.append(grade_notebook(
-            nb_path, learner=learner, cell_timeout=cell_timeout, notebook_timeout=notebook_timeout,
-            kernel=kernel, output_limit=output_limit, save_executed=save))
+        tasks.append(dict(path=nb_path, learner=learner, cell_timeout=cell_timeout,
+                          notebook_timeout=notebook_timeout, kernel=kernel,
+                          output_limit=output_limit, save_executed=save))
+    if jobs == 1 or len(tasks) == 1:
+        for task in tasks:
+            if progress:
+                progress(f"grading {task['path']} ...")
+            report.notebooks.append(grade_notebook(**task))
+        return report
+    results: list[NotebookGrade | None] = [None] * len(tasks)
+    context = multiprocessing.get_context("spawn")  # no threads or kernels inherited by workers
+    with concurrent.futures.ProcessPoolExecutor(max_workers=min(jobs, len(tasks)),
+                                                mp_context=context) as pool:
+        futures = {pool.submit(grade_notebook, **task): i for i, task in enumerate(tasks)}
+        for done, future in enumerate(concurrent.futures.as_completed(futures), start=1):
+            i = futures[future]
+            results[i] = future.result()
+            if progress:
+                progress(f"graded {tasks[i]['path']} ({done}/{len(tasks)})")
+    report.notebooks.extend(results)
     return report

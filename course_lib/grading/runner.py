@@ -25,7 +25,7 @@ import os
 import re
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
@@ -33,21 +33,12 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbclient.util import ensure_async, run_sync
 
-from .checking import RESULTS_ENV, STATUSES
+from .checking import RESULTS_ENV
+from .grade import Grade, Status
 from .kernel import THIS_PYTHON, GraderKernelManager
-from .registry import exercises_for_chapter
+from .registry import REGISTRY
 
 CHAPTER_FROM_NAME = re.compile(r"^(\d\d)[_\-.]")
-
-
-@dataclass
-class ExerciseGrade:
-    id: str
-    title: str
-    points: int
-    max_points: int
-    status: str
-    messages: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -55,7 +46,7 @@ class NotebookGrade:
     path: str
     learner: str
     chapter: str | None
-    exercises: list[ExerciseGrade] = field(default_factory=list)
+    exercises: list[Grade] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
     grading_failed: bool = False
@@ -69,9 +60,10 @@ class NotebookGrade:
         return sum(e.max_points for e in self.exercises)
 
     def to_json(self) -> dict:
-        d = asdict(self)
-        d["points"], d["max_points"] = self.points, self.max_points
-        return d
+        return {"path": self.path, "learner": self.learner, "chapter": self.chapter,
+                "exercises": [g.to_json() for g in self.exercises], "events": list(self.events),
+                "elapsed_s": self.elapsed_s, "grading_failed": self.grading_failed,
+                "points": self.points, "max_points": self.max_points}
 
 
 class _RestartKernel(Exception):
@@ -233,15 +225,14 @@ def _interrupt(client, index) -> bool:
         return False
 
 
-def _read_results(results_file: Path) -> dict[str, dict]:
-    results: dict[str, dict] = {}
+def _read_results(results_file: Path) -> dict[str, Grade]:
+    results: dict[str, Grade] = {}
     for line in results_file.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
+            grade = Grade.from_json(json.loads(line))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             continue
-        if isinstance(r, dict) and r.get("status") in STATUSES and isinstance(r.get("exercise"), str):
-            results[r["exercise"]] = r  # the last check of an exercise counts
+        results[grade.exercise] = grade  # the last check of an exercise counts
     return results
 
 
@@ -253,14 +244,13 @@ def _why_missing(events, stopped_at) -> str:
     return why + ("; first problem in the notebook: " + problems[0] if problems else "")
 
 
-def _grades(chapter, results: dict[str, dict], why_missing: str) -> list[ExerciseGrade]:
+def _grades(chapter, results: dict[str, Grade], why_missing: str) -> list[Grade]:
     grades = []
-    for ex in exercises_for_chapter(chapter) if chapter else []:
-        r = results.get(ex.id)
-        if r is None:
-            grades.append(ExerciseGrade(ex.id, ex.title, 0, ex.points, "not run", [why_missing]))
-        else:
-            points = ex.points if r["status"] == "passed" else 0
-            grades.append(ExerciseGrade(ex.id, ex.title, points, ex.points, r["status"],
-                                        [str(m) for m in r.get("messages", [])]))
+    for ex in REGISTRY.for_chapter(chapter) if chapter else []:
+        recorded = results.get(ex.id)
+        if recorded is None:
+            grades.append(Grade(ex.id, Status.NOT_RUN, ex.points, messages=[why_missing], title=ex.title))
+        else:  # points and title come from the registry, not from what the kernel wrote
+            recorded.max_points, recorded.title = ex.points, ex.title
+            grades.append(recorded)
     return grades
