@@ -29,7 +29,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml tools/install_torch.py tools/jupyterlab-overrides.json
 	@test -x $(PY) || { echo "[setup] creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
 	$(PY) tools/install_torch.py
-	$(PY) -m pip install --disable-pip-version-check -e ".[lab,dev]"
+	$(PY) -m pip install --disable-pip-version-check -e ".[lab,dev,keras,qat]"
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL_NAME) \
 	    --display-name "Half-Precision Training (course)"
 	@# JupyterLab settings for the course (no "Jupyter news" prompt, no update check)

@@ -62,7 +62,8 @@ def _env(args) -> int:
     return 0
 
 
-BENCHMARKS = {"formats": "course_lib.bench_formats", "grading": "course_lib.bench.grading"}
+BENCHMARKS = {"formats": "course_lib.bench_formats", "grading": "course_lib.bench.grading",
+              "scaler": "course_lib.bench.scaler"}
 
 
 def _bench(args) -> int:

@@ -87,7 +87,8 @@ import torch
 from course_lib.formats import get_format, round_to_format
 from course_lib.validate import non_negative_float, non_negative_int, one_of
 
-__all__ = ["stochastic_round", "write_rounded_", "BF16AdamW", "BF16SGD",
+__all__ = ["stochastic_round", "stochastic_round_bits", "kahan_add_", "write_rounded_", "BF16AdamW",
+           "BF16SGD",
            "ROUNDINGS", "PARAM_DTYPES", "STATE_DTYPES"]
 
 #: How an FP32 update is written into a low-precision parameter.
@@ -145,6 +146,104 @@ def stochastic_round(x, fmt="bf16", *, generator: torch.Generator | None = None)
     return y if f.torch_dtype is None else y.to(f.torch_dtype)
 
 
+def stochastic_round_bits(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Stochastic rounding of float32 ``x`` to BF16 with *given* random integers: the bit trick.
+
+    The deterministic core of :func:`stochastic_round` for BF16, with the
+    randomness passed in, so that a result can be checked bit for bit
+    (exercise 06.stochastic_round_bits). Algorithm, per element, on the
+    float32 bit pattern ``a`` (an int32) and ``n = noise`` in ``[0, 2**16)``:
+    ``a + n``, then clear the low 16 bits. The carry out of the low 16 bits
+    happens exactly when ``(a & 0xFFFF) + n >= 2**16``; for ``n`` uniform
+    that is probability ``(a & 0xFFFF) / 2**16`` = (x - down) / (up - down),
+    so ``E[result] = x``. Working on the signed pattern is the same as
+    working on the magnitude: for a negative ``x`` the int32 is
+    ``-2**31 + |a|``, whose low 16 bits are those of ``|a|``, and
+    ``|a| + n < 2**31`` for every non-NaN ``x``.
+
+    Edge cases, from the same arithmetic: +-0 stay (noise < 2**16 never
+    carries), +-inf stay (its low 16 bits are 0), a bf16 value stays (low
+    bits 0), float32 subnormals round to BF16's subnormals (same exponent
+    field), a carry out of BF16's ``max`` (0x7F7F) lands on 0x7F80 = inf;
+    NaN is returned as it is (its payload could carry into the sign bit).
+
+    torchao (``_fp32_to_bf16_sr``) and llm.c decide "up" by ``n < (a & 0xFFFF)``
+    instead: the same distribution, a different realisation for a given
+    ``n`` (it equals this function with noise ``0xFFFF - n``).
+
+    Args:
+        x (Tensor): float32.
+        noise (Tensor): integer tensor of ``x``'s shape, values in ``[0, 65536)``.
+
+    Returns:
+        Tensor: float32 values on the BF16 grid (exactly ``.to(torch.bfloat16)``-able).
+
+    >>> x = torch.tensor([1 + 2**-9, -(1 + 2**-9), 3.0])          # low 16 bits: 0x4000 (a quarter)
+    >>> stochastic_round_bits(x, torch.tensor([0xBFFF, 0xC000, 0xFFFF])).tolist()
+    [1.0, -1.0078125, 3.0]
+    >>> every = torch.arange(1 << 16)                              # all 65,536 noise values ...
+    >>> y = stochastic_round_bits(torch.full((1 << 16,), 1 + 2**-9), every)
+    >>> (y.double().mean() == 1 + 2**-9).item()                    # ... average to x exactly
+    True
+    """
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.float32:
+        raise TypeError(f"x must be a float32 tensor, got "
+                        f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if not isinstance(noise, torch.Tensor) or noise.is_floating_point() or noise.is_complex() \
+            or noise.dtype == torch.bool:
+        raise TypeError(f"noise must be an integer tensor, got "
+                        f"{noise.dtype if isinstance(noise, torch.Tensor) else type(noise).__name__}")
+    if noise.shape != x.shape:
+        raise ValueError(f"noise must have x's shape {tuple(x.shape)}, got {tuple(noise.shape)}")
+    if noise.numel() and (int(noise.min()) < 0 or int(noise.max()) >= 1 << 16):
+        raise ValueError(f"noise values must be in [0, 65536), got [{int(noise.min())}, "
+                         f"{int(noise.max())}]")
+    bits = x.view(torch.int32)
+    rounded = (bits + noise.to(device=x.device, dtype=torch.int32)) & -0x10000   # add, clear 16 bits
+    return torch.where(torch.isnan(x), x, rounded.view(torch.float32))
+
+
+@torch.no_grad()
+def kahan_add_(param: torch.Tensor, update: torch.Tensor, compensation: torch.Tensor) -> None:
+    """``param += update`` with Kahan compensation, in place: what rounding drops stays in ``compensation``.
+
+    The recurrence of torchdistx's ``AnyPrecisionAdamW`` (``use_kahan_summation``),
+    in the same tensor operations; each line is computed in float32 and
+    rounded to the dtype of the tensor it writes (round to nearest even)::
+
+        c  <- c + u            compensation.add_(update)
+        w' <- w + c            param.add_(compensation)
+        c  <- c + (w - w')     compensation.add_(old.sub_(param)), old = w
+
+    Over many steps ``w + c`` tracks the exact sum of the updates: an update
+    below half an ulp of ``w`` stays in ``c`` until enough of them add up
+    to move ``w``. The order of the operations *is* the algorithm:
+    ``c + (w - w')`` is not ``(c + w) - w'`` in rounded arithmetic (the
+    second rounds ``c`` away again). Exercise 06.kahan_update asks for it.
+
+    Args:
+        param (Tensor): the weights ``w`` (bf16, fp16 or fp32), changed in place.
+        update (Tensor): ``u``, the step to add (any floating dtype, ``param``'s shape).
+        compensation (Tensor): ``c``, usually of ``param``'s dtype, changed in place.
+
+    >>> w = torch.tensor([1.0], dtype=torch.bfloat16); c = torch.zeros_like(w)
+    >>> for _ in range(3):
+    ...     kahan_add_(w, torch.tensor([2**-9]), c)     # a quarter ulp each time
+    ...     print(w.item(), c.item())
+    1.0 0.001953125
+    1.0 0.00390625
+    1.0078125 -0.001953125
+    """
+    if compensation.shape != param.shape or update.shape != param.shape:
+        raise ValueError(f"update and compensation must have the parameter's shape "
+                         f"{tuple(param.shape)}; got {tuple(update.shape)} and "
+                         f"{tuple(compensation.shape)}")
+    compensation.add_(update)                          # c <- c + u
+    old = param.clone()
+    param.add_(compensation)                           # w' <- w + c (rounded)
+    compensation.add_(old.sub_(param))                 # c <- c + (w - w')
+
+
 @torch.no_grad()
 def write_rounded_(param: torch.Tensor, value: torch.Tensor, rounding: str, *,
                    compensation: torch.Tensor | None = None,
@@ -160,10 +259,10 @@ def write_rounded_(param: torch.Tensor, value: torch.Tensor, rounding: str, *,
       with ``generator``; for a float32 ``param`` it is a plain copy (FP32 SR
       to FP32 is the identity) and draws no random numbers.
     - ``"kahan"``: the update is ``u = value - param`` (computed in float32;
-      exact by Sterbenz's lemma whenever ``|u| <= |param| / 2``), then the
-      recurrence of torchdistx's AnyPrecisionAdamW, in the same tensor
-      operations: ``c += u``; ``old = param.clone()``; ``param += c``;
-      ``c += old - param``. ``compensation`` (``c``) is required, has
+      exact by Sterbenz's lemma whenever ``|u| <= |param| / 2``), then
+      :func:`kahan_add_` (torchdistx's AnyPrecisionAdamW recurrence:
+      ``c += u``; ``old = param.clone()``; ``param += c``;
+      ``c += old - param``). ``compensation`` (``c``) is required, has
       ``param``'s shape and is updated in place.
 
     Args:
@@ -189,10 +288,7 @@ def write_rounded_(param: torch.Tensor, value: torch.Tensor, rounding: str, *,
             raise ValueError("rounding='kahan' needs a compensation buffer of the parameter's shape "
                              f"{tuple(param.shape)}; got "
                              f"{None if compensation is None else tuple(compensation.shape)}")
-        compensation.add_(value - param.to(torch.float32))    # c <- c + u
-        old = param.clone()
-        param.add_(compensation)                              # w' <- w + c (rounded)
-        compensation.add_(old.sub_(param))                    # c <- c + (w - w')
+        kahan_add_(param, value - param.to(torch.float32), compensation)   # u = value - w
 
 
 def _beta(name: str, value) -> float:

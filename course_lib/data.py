@@ -34,7 +34,8 @@ from typing import Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from course_lib.device import default_device
+from course_lib.device import resolve_device
+from course_lib.validate import fraction, non_negative_int, positive_int
 
 __all__ = [
     "DigitsSplit",
@@ -47,38 +48,6 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- helpers
-def _check_fraction(val_fraction: float) -> float:
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)):
-        raise TypeError(f"val_fraction must be a float in (0, 1), got {type(val_fraction).__name__}")
-    if not 0.0 < float(val_fraction) < 1.0:
-        raise ValueError(f"val_fraction must be strictly between 0 and 1, got {val_fraction!r}")
-    return float(val_fraction)
-
-
-def _check_positive_int(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} ({value!r})")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
-def _check_seed(seed: int) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__} ({seed!r})")
-    if seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    return seed
-
-
-def _resolve_device(device) -> torch.device:
-    if device is None:
-        return torch.device(default_device())
-    if not isinstance(device, (str, torch.device)):
-        raise TypeError(f"device must be None, a str or a torch.device, got {type(device).__name__}")
-    return torch.device(device)
-
-
 def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
@@ -131,11 +100,11 @@ def digits_tensors(val_fraction: float = 0.2, seed: int = 0, device=None,
         >>> s.x_train.shape, s.x_val.shape, s.x_train.dtype
         (torch.Size([1438, 64]), torch.Size([359, 64]), torch.float32)
     """
-    val_fraction = _check_fraction(val_fraction)
-    seed = _check_seed(seed)
+    val_fraction = fraction("val_fraction", val_fraction)
+    seed = non_negative_int("seed", seed)
     if not isinstance(flatten, bool):
         raise TypeError(f"flatten must be a bool, got {type(flatten).__name__}")
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
 
     from sklearn.datasets import load_digits  # local import: sklearn is slow to import
 
@@ -194,7 +163,7 @@ def digits_loaders(batch_size: int = 64, val_fraction: float = 0.2, seed: int = 
         >>> x, y = next(iter(train_dl)); x.shape, y.shape
         (torch.Size([32, 64]), torch.Size([32]))
     """
-    batch_size = _check_positive_int("batch_size", batch_size)
+    batch_size = positive_int("batch_size", batch_size)
     split = digits_tensors(val_fraction=val_fraction, seed=seed, device=device, flatten=flatten)
     train = DataLoader(TensorDataset(split.x_train, split.y_train), batch_size=batch_size,
                        shuffle=True, generator=_generator(seed))
@@ -261,7 +230,7 @@ class CharCorpus:
             text = "".join(_ASCII_MAP.get(ch, ch) for ch in text)
             text = "".join(ch for ch in text if ord(ch) < 128)
         if max_chars is not None:
-            max_chars = _check_positive_int("max_chars", max_chars)
+            max_chars = positive_int("max_chars", max_chars)
             text = text[:max_chars]
         if len(text) < 2:
             raise ValueError(f"the corpus needs at least 2 characters, got {len(text)}")
@@ -335,8 +304,8 @@ class CharWindows(Dataset):
         if not isinstance(data, torch.Tensor) or data.dim() != 1:
             raise TypeError("data must be a 1-D tensor of character ids")
         self.data = data
-        self.block_size = _check_positive_int("block_size", block_size)
-        self.stride = self.block_size if stride is None else _check_positive_int("stride", stride)
+        self.block_size = positive_int("block_size", block_size)
+        self.stride = self.block_size if stride is None else positive_int("stride", stride)
         n = (len(data) - 1 - self.block_size) // self.stride + 1
         if len(data) - 1 < self.block_size or n < 1:
             raise ValueError(f"a text of {len(data)} characters is too short for block_size={block_size}")
@@ -386,15 +355,15 @@ def char_lm_loaders(block_size: int = 64, batch_size: int = 32, seed: int = 0,
         >>> x, y = next(iter(tr)); x.shape, bool((x[:, 1:] == y[:, :-1]).all())
         (torch.Size([4, 16]), True)
     """
-    block_size = _check_positive_int("block_size", block_size)
-    batch_size = _check_positive_int("batch_size", batch_size)
-    seed = _check_seed(seed)
-    val_fraction = _check_fraction(val_fraction)
+    block_size = positive_int("block_size", block_size)
+    batch_size = positive_int("batch_size", batch_size)
+    seed = non_negative_int("seed", seed)
+    val_fraction = fraction("val_fraction", val_fraction)
     if corpus is None:
         corpus = CharCorpus(max_chars=max_chars)
     elif not isinstance(corpus, CharCorpus):
         raise TypeError(f"corpus must be a CharCorpus or None, got {type(corpus).__name__}")
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     data = corpus.data.to(dev)
     n_train = int(math.floor(len(data) * (1.0 - val_fraction)))
     train_ds = CharWindows(data[:n_train], block_size, stride)

@@ -27,6 +27,9 @@ torch raises; use ``backward=False`` there. While attached, the detector
 silences torch's "Full backward hook is firing when gradients are computed
 with respect to module outputs since no inputs require gradients" warning:
 it is expected for the first layer, whose input is data.
+``first_nonfinite_module(model, inputs, autocast_dtype)`` is the one-call
+form: one forward pass, the name of the first module whose output is
+non-finite (chapter 05's exercise).
 
 **Output comparison** (``compare_outputs``, ``compare_precisions``). To
 judge a mixed-precision run, run *the same model with the same weights* on
@@ -60,6 +63,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import html
 import math
 import warnings
@@ -77,7 +81,7 @@ from course_lib.validate import instance_of, non_negative_float, positive_int
 _NO_INPUT_GRAD_WARNING = "Full backward hook is firing when gradients are computed with respect to module outputs"
 
 __all__ = ["TensorStats", "tensor_stats", "NonFiniteEvent", "NonFiniteDetector",
-           "OutputComparison", "compare_outputs", "compare_precisions"]
+           "first_nonfinite_module", "OutputComparison", "compare_outputs", "compare_precisions"]
 
 
 # --------------------------------------------------------------------------- statistics
@@ -396,6 +400,58 @@ class NonFiniteDetector:
         return f"NonFiniteDetector({type(self.model).__name__}, {state}, events={len(self.events)})"
 
 
+def first_nonfinite_module(model: nn.Module, inputs, autocast_dtype: torch.dtype | None = None) -> str | None:
+    """The qualified name of the first module whose forward output holds inf or NaN; ``None`` if none.
+
+    Algorithm: attach a forward-only :class:`NonFiniteDetector`, run
+    ``model(*inputs)`` once under ``torch.no_grad()`` -- inside
+    ``torch.amp.autocast(device_type, dtype=autocast_dtype)`` when a dtype is
+    given, ``device_type`` being that of the first input tensor -- and return
+    the module of the detector's first forward event. Forward hooks fire in
+    execution order and a module's fires after its children's, so this is
+    the earliest, innermost module whose output is non-finite: the one whose
+    own computation made the inf/NaN when its inputs were finite. ``""``
+    names the model itself (its own code, outside any submodule, made it).
+    The model runs in whatever mode (train/eval) it is in.
+
+    Args:
+        model (nn.Module): the model to run.
+        inputs (Tensor or sequence of Tensors): its positional arguments.
+        autocast_dtype (torch.dtype or None, default None): ``torch.float16`` or
+            ``torch.bfloat16`` to run under autocast; ``None`` runs without it.
+
+    Returns:
+        str or None: a name from ``model.named_modules()``, or ``None``.
+
+    Introduced in chapter 05 (notebooks/05_automatic_mixed_precision.ipynb), exercise
+    05.first_nonfinite_module.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU(), torch.nn.Linear(2, 1))
+        >>> with torch.no_grad():
+        ...     _ = model[2].weight.fill_(1e5)
+        >>> first_nonfinite_module(model, torch.full((1, 2), 1.0)) is None
+        True
+        >>> with torch.no_grad():
+        ...     _ = model[0].weight.fill_(1e3); _ = model[0].bias.fill_(0.0)
+        >>> first_nonfinite_module(model, torch.full((1, 2), 1.0), autocast_dtype=torch.float16)
+        '2'
+    """
+    instance_of("model", model, nn.Module)
+    args = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    if autocast_dtype is None:
+        context = contextlib.nullcontext()
+    else:
+        device_type = tensors[0].device.type if tensors else "cpu"
+        check_autocast(device_type, autocast_dtype)
+        context = torch.amp.autocast(device_type, dtype=autocast_dtype)
+    with NonFiniteDetector(model, backward=False) as detector, torch.no_grad(), context:
+        model(*args)
+    first = detector.first_forward
+    return None if first is None else first.module
+
+
 # --------------------------------------------------------------------------- comparison
 @dataclass(frozen=True)
 class OutputComparison:
@@ -467,7 +523,8 @@ def compare_outputs(reference: torch.Tensor, candidate: torch.Tensor, *,
     the finite reference values; relative error ``e / (|r| + floor)`` (0 where
     ``e == 0``, so an all-zero reference gives 0 for equal values and inf
     otherwise); cosine similarity ``<r, c> / sqrt(<r, r> <c, c>)`` clamped to
-    ``[-1, 1]`` (1.0 if both are zero, 0.0 if only one is); top-1 agreement
+    ``[-1, 1]`` (1.0 if both are zero, 0.0 if only one is, NaN if either holds
+    inf/NaN); top-1 agreement
     ``mean(argmax(r, class_dim) == argmax(c, class_dim))`` for outputs with at
     least 2 dims. inf/NaN propagate into the errors (and are counted).
 
@@ -514,7 +571,9 @@ def compare_outputs(reference: torch.Tensor, candidate: torch.Tensor, *,
     elif rr == 0.0 or cc == 0.0:
         cosine = 0.0
     else:
-        cosine = max(-1.0, min(1.0, rc / math.sqrt(rr * cc)))
+        cosine = rc / math.sqrt(rr * cc)
+        if math.isfinite(cosine):  # NaN stays NaN (min/max would turn it into 1.0)
+            cosine = max(-1.0, min(1.0, cosine))
     top1 = None
     if class_dim is not None and r.dim() >= 2 and n:
         top1 = float((r.argmax(class_dim) == c.argmax(class_dim)).to(torch.float64).mean())

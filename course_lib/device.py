@@ -48,8 +48,9 @@ def tune_cpu_threads(threads: int = 1) -> int:
     >>> previous = tune_cpu_threads(1); torch.get_num_threads()
     1
     """
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be a positive int, got {threads!r}")
+    from course_lib.validate import positive_int
+
+    positive_int("threads", threads)
     previous = torch.get_num_threads()
     if default_device() == "cpu":
         torch.set_num_threads(threads)

@@ -106,6 +106,7 @@ issues/PRs #1680, #1753, #1793, #2410; NVIDIA Transformer Engine recipes
 from __future__ import annotations
 
 import copy
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -807,7 +808,8 @@ def scaled_mm(a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor, scale_b: 
 
     Raises TypeError / ValueError for bad operands and
     :class:`FP8UnavailableError` where there is no FP8 hardware (the message
-    of :func:`real_fp8_available`).
+    of :func:`real_fp8_available`), or, with ``allow_cpu=True``, where torch
+    has no CPU kernel (torch releases before pytorch/pytorch PR #139975).
 
     >>> a = torch.ones(16, 16).to(torch.float8_e4m3fn); one = torch.tensor(1.0)
     >>> scaled_mm(a, a.t().contiguous().t(), one, one, allow_cpu=True)[0, 0].item()
@@ -825,8 +827,15 @@ def scaled_mm(a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor, scale_b: 
         ok, why = real_fp8_available(a.device)
         if not ok:
             raise FP8UnavailableError(why)
-    return torch._scaled_mm(a, b, scale_a=scale_a, scale_b=scale_b, out_dtype=out_dtype,
-                            use_fast_accum=use_fast_accum)
+    try:
+        return torch._scaled_mm(a, b, scale_a=scale_a, scale_b=scale_b, out_dtype=out_dtype,
+                                use_fast_accum=use_fast_accum)
+    except NotImplementedError as exc:      # an older torch: no CPU kernel ("Could not run ...")
+        if a.device.type != "cpu":
+            raise
+        raise FP8UnavailableError(f"torch {torch.__version__} has no CPU kernel for torch._scaled_mm "
+                                  f"(pytorch/pytorch PR #139975 added one); use emulated_scaled_mm "
+                                  f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
 
 
 # --------------------------------------------------------------------------- torchao
@@ -838,9 +847,19 @@ def torchao_float8_available() -> tuple[bool, str]:
     kernel) -- a correctness path, not a speed-up; its speed-ups need an FP8
     GPU (:data:`FP8_TRAINING_EXPECTATIONS`).
 
+    The first call imports torchao through :mod:`course_lib.qat`'s quiet
+    import: a CPU build of torchao logs "Failed to load ..._C_mxfp8 /
+    _C_cutlass_90a" (its GPU-only kernels) and torch an Enum-registration
+    notice -- packaging messages about nothing a learner can change, so
+    they are lowered to ERROR for the import only.
+
     >>> ok, why = torchao_float8_available(); isinstance(ok, bool)
     True
     """
+    if "torchao" not in sys.modules:         # first import: the quiet one (a None entry blocks it)
+        from course_lib.qat import _import_torchao
+
+        _import_torchao()                    # its verdict is about QAT; float8's is judged below
     try:
         import torchao
         from torchao.float8 import convert_to_float8_training  # noqa: F401

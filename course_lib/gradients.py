@@ -18,7 +18,6 @@ fused unscale is explained in chapter 04 (notebooks/04_loss_scaling.ipynb).
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Iterable
 
 import torch
@@ -26,11 +25,21 @@ import torch
 __all__ = ["unscale_and_check_", "unscale_and_check_reference_", "global_grad_norm", "clip_grads_"]
 
 
-def _inverse_scale(scale: float | None) -> torch.Tensor | None:
-    """``float32(1 / float64(S))``: the inverse scale exactly as GradScaler computes it."""
+def _inverse_scale(scale: float | None, device=None) -> torch.Tensor | None:
+    """``float32(1 / float64(S))``: the inverse scale exactly as GradScaler computes it.
+
+    Python's ``1.0 / scale`` is the IEEE float64 division that GradScaler's
+    ``_scale.double().reciprocal()`` performs, and ``torch.full`` rounds it to
+    float32 to nearest, as ``.float()`` does: one tensor instead of three. An
+    inverse beyond float32's range (a scale of 0 or below ~2**-128, the end of
+    a collapsing run) goes through the float64 tensor, which rounds it to inf.
+    """
     if scale is None:
         return None
-    return torch.full((), scale, dtype=torch.float64).reciprocal().to(torch.float32)
+    try:
+        return torch.full((1,), 1.0 / scale, dtype=torch.float32, device=device)
+    except (ZeroDivisionError, RuntimeError):
+        return torch.full((1,), scale, dtype=torch.float64, device=device).reciprocal().to(torch.float32)
 
 
 @torch.no_grad()
@@ -50,22 +59,32 @@ def unscale_and_check_(grads: Iterable[torch.Tensor], scale: float | None) -> bo
         >>> unscale_and_check_(g, 4.0), g[0]
         (True, tensor([2., 1.]))
     """
-    inv = _inverse_scale(scale)
-    groups: dict[tuple, list[torch.Tensor]] = defaultdict(list)
+    groups: dict[tuple, list[torch.Tensor]] = {}
     for g in grads:
         if g is not None:
-            groups[(g.device, g.dtype)].append(g)
+            group = groups.get((g.device, g.dtype))
+            if group is None:
+                groups[(g.device, g.dtype)] = [g]
+            else:
+                group.append(g)
     if not groups:
         return False
-    flags = []
+    found_per_device: dict[torch.device, torch.Tensor] = {}
+    inv_per_device: dict[torch.device, torch.Tensor] = {}
     for (device, _), tensors in groups.items():
-        found = torch.zeros(1, dtype=torch.float32, device=device)
-        if inv is None:
-            flags.append(torch.stack([(~torch.isfinite(t)).any() for t in tensors]).any()
-                         .to(torch.float32).reshape(1))
+        found = found_per_device.get(device)
+        if found is None:
+            found = found_per_device[device] = torch.zeros(1, dtype=torch.float32, device=device)
+        if scale is None:
+            found.add_(torch.stack([(~torch.isfinite(t)).any() for t in tensors]).any())
             continue
-        torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, inv.to(device))
-        flags.append(found)
+        inv = inv_per_device.get(device)
+        if inv is None:
+            inv = inv_per_device[device] = _inverse_scale(scale, device)
+        torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, inv)
+    flags = list(found_per_device.values())
+    if len(flags) == 1:
+        return bool(flags[0].item())
     first = flags[0].device
     return bool(torch.cat([f.to(first) for f in flags]).any().item())
 
@@ -84,15 +103,14 @@ def unscale_and_check_reference_(grads: Iterable[torch.Tensor], scale: float | N
         >>> unscale_and_check_reference_(g, 4.0), g[0]
         (False, tensor([2., 1.]))
     """
-    inv = _inverse_scale(scale)
     found_inf = False
     for g in grads:
         if g is None:
             continue
         if not bool(torch.isfinite(g).all()):
             found_inf = True
-        if inv is not None:
-            g.mul_(inv.to(g.device))
+        if scale is not None:
+            g.mul_(_inverse_scale(scale, g.device))
     return found_inf
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import torch
 from torch import nn

@@ -294,7 +294,8 @@ def saved_activation_bytes(fn, parameters=None) -> dict:
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = fn()
-    del out, keep
+    del out
+    keep.clear()
     by_kind = {"activation": 0, "parameter_cast": 0, "parameter": 0}
     for s in storages.values():
         by_kind[s["kind"]] += s["bytes"]

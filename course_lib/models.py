@@ -25,16 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from course_lib.validate import positive_int
+
 __all__ = ["MLP", "SmallCNN", "CausalSelfAttention", "TransformerBlock", "TinyTransformer",
            "count_parameters"]
-
-
-def _check_pos_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} ({value!r})")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 class MLP(nn.Module):
@@ -59,11 +53,11 @@ class MLP(nn.Module):
     def __init__(self, in_features: int = 64, hidden: Sequence[int] = (128, 64),
                  num_classes: int = 10):
         super().__init__()
-        _check_pos_int("in_features", in_features)
-        _check_pos_int("num_classes", num_classes)
+        positive_int("in_features", in_features)
+        positive_int("num_classes", num_classes)
         if isinstance(hidden, int) or not isinstance(hidden, Sequence):
             raise TypeError(f"hidden must be a sequence of ints such as (128, 64), got {hidden!r}")
-        widths = [in_features] + [_check_pos_int("hidden width", h) for h in hidden]
+        widths = [in_features] + [positive_int("hidden width", h) for h in hidden]
         layers: list[nn.Module] = []
         for a, b in zip(widths[:-1], widths[1:]):
             layers += [nn.Linear(a, b), nn.ReLU()]
@@ -98,10 +92,10 @@ class SmallCNN(nn.Module):
 
     def __init__(self, num_classes: int = 10, channels: tuple[int, int] = (16, 32)):
         super().__init__()
-        _check_pos_int("num_classes", num_classes)
+        positive_int("num_classes", num_classes)
         if not isinstance(channels, (tuple, list)) or len(channels) != 2:
             raise TypeError(f"channels must be a pair of ints such as (16, 32), got {channels!r}")
-        c1, c2 = (_check_pos_int("channels", c) for c in channels)
+        c1, c2 = (positive_int("channels", c) for c in channels)
         self.features = nn.Sequential(
             nn.Conv2d(1, c1, 3, padding=1), nn.BatchNorm2d(c1), nn.ReLU(),
             nn.Conv2d(c1, c2, 3, padding=1), nn.BatchNorm2d(c2), nn.ReLU(),
@@ -141,9 +135,9 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int, block_size: int, sdpa: bool = True):
         super().__init__()
-        _check_pos_int("d_model", d_model)
-        _check_pos_int("n_heads", n_heads)
-        _check_pos_int("block_size", block_size)
+        positive_int("d_model", d_model)
+        positive_int("n_heads", n_heads)
+        positive_int("block_size", block_size)
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
         self.n_heads = n_heads
@@ -217,9 +211,9 @@ class TinyTransformer(nn.Module):
     def __init__(self, vocab_size: int, block_size: int = 64, d_model: int = 64,
                  n_heads: int = 4, n_layers: int = 2, sdpa: bool = True):
         super().__init__()
-        _check_pos_int("vocab_size", vocab_size)
-        _check_pos_int("n_layers", n_layers)
-        self.block_size = _check_pos_int("block_size", block_size)
+        positive_int("vocab_size", vocab_size)
+        positive_int("n_layers", n_layers)
+        self.block_size = positive_int("block_size", block_size)
         self.vocab_size = vocab_size
         self.tok_emb = nn.Embedding(vocab_size, d_model)
         self.pos_emb = nn.Embedding(block_size, d_model)

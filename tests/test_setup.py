@@ -156,3 +156,13 @@ def test_course_lab_settings_switch_off_the_news_prompt():
         assert set(notification) <= set(json.loads(schema.read_text())["properties"])
     installed = ROOT / ".venv/share/jupyter/lab/settings/overrides.json"
     assert json.loads(installed.read_text()) == overrides, "make install copies the course's settings"
+
+
+def test_optional_extras_match_the_requirements_the_library_names_in_its_messages():
+    from course_lib.keras_compat import KERAS_REQUIREMENT
+    from course_lib.qat import TORCHAO_REQUIREMENT
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras["keras"] == [KERAS_REQUIREMENT]
+    assert extras["qat"] == [TORCHAO_REQUIREMENT]
+    assert ".[lab,dev,keras,qat]" in (ROOT / "Makefile").read_text()  # make test installs them

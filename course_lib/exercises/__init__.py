@@ -13,4 +13,9 @@ CHAPTER_MODULES = (
     "ch01_float_formats",
     "ch02_where_16_bits_break",
     "ch03_manual_mixed_precision",
+    "ch04_loss_scaling",
+    "ch05_automatic_mixed_precision",
+    "ch06_bfloat16",
+    "ch10_keras_appendix",
+    "ch11_fp8",
 )

@@ -2,7 +2,6 @@
 gradient tensor from underflow (notebooks/02_where_16_bits_break.ipynb)."""
 from __future__ import annotations
 
-import math
 
 import torch
 

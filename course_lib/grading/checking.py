@@ -2,9 +2,11 @@
 
 Algorithm: look the exercise up in the registry; draw a fresh seed; build its
 cases (edge cases plus randomized inputs); for each case call the learner's
-function and the reference on independent deep copies of the inputs, the
-learner's call under a time limit and with its printing captured; compare with
-the exercise's comparator. The first case that does not pass decides the
+function and the reference on independent copies of the inputs (deep copies,
+or fresh ``Case.build()`` results), the learner's call under a time limit and
+with its printing captured; compare what each returned (or, for exercises with
+``observe``, what each returned and did to its inputs) with the exercise's
+comparator. The first case that does not pass decides the
 status; points are all or nothing.
 
 Statuses: ``passed``, ``failed`` (wrong answer), ``error`` (the learner's code
@@ -20,7 +22,6 @@ there as one JSON line. Introduced in chapter 00 (notebooks/00_orientation.ipynb
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import json
 import os
@@ -31,7 +32,7 @@ import traceback
 from .compare import short
 from .grade import Grade, Status
 from .guards import ForbiddenDtype, forbid_dtypes
-from .registry import REGISTRY, Case, Registry
+from .registry import REGISTRY, Registry
 from .timelimit import CheckTimeout, call_with_time_limit
 
 RESULTS_ENV = "COURSE_LIB_RESULTS"
@@ -94,23 +95,33 @@ def _run(exercise_id, obj, seed, registry: Registry) -> Grade:
     cases = list(ex.cases(random.Random(seed)))
     total = len(cases)
     for done, case in enumerate(cases):
-        expected = ex.reference(*copy.deepcopy(case.args), **copy.deepcopy(case.kwargs))
-        outcome, got, detail = _call_learner(obj, case, ex.time_limit, ex.forbidden_dtypes)
-        where = f"case {done + 1}/{total} ({case.label}), input {_describe(case)}"
+        args, kwargs = case.inputs()
+        expected = ex.reference(*args, **kwargs)
+        if ex.observe is not None:
+            expected = ex.observe(args, kwargs, expected)
+        args, kwargs = case.inputs()
+        outcome, got, detail = _call_learner(obj, args, kwargs, ex.time_limit, ex.forbidden_dtypes)
+        # described from a fresh copy of the inputs, only when a report needs it
+        where = (lambda c=case, n=done: f"case {n + 1}/{total} ({c.label}), input {_describe(*c.inputs())}")
+        if outcome == "ok" and ex.observe is not None:
+            try:
+                got = ex.observe(args, kwargs, got)
+            except Exception as exc:  # the learner's function left something unusable behind
+                outcome, detail = "error", f"{type(exc).__name__}: {exc} (after your function returned)"
         if outcome == "not implemented":
             return result(Status.NOT_IMPLEMENTED, done, total, f"not implemented yet ({detail})")
         if outcome == "timeout":
-            return result(Status.TIMEOUT, done, total, f"{where}: {detail}",
+            return result(Status.TIMEOUT, done, total, f"{where()}: {detail}",
                           f"each case must finish within {ex.time_limit:g} s; look for a loop that never ends")
         if outcome == "forbidden":
-            return result(Status.FAILED, done, total, f"{where}: {detail}", *hint)
+            return result(Status.FAILED, done, total, f"{where()}: {detail}", *hint)
         if outcome == "error":
-            return result(Status.ERROR, done, total, f"{where}: your code raised {detail}", *hint)
+            return result(Status.ERROR, done, total, f"{where()}: your code raised {detail}", *hint)
         reason = ex.compare(expected, got)
         if reason:
             if not case.show_expected:
                 reason = "wrong answer (the expected value is not shown for this case)"
-            lines = [f"{where}", f"  {reason}"]
+            lines = [where(), f"  {reason}"]
             if case.show_expected and short(expected) not in reason:
                 lines.append(f"  expected: {short(expected)}")
             if short(got) not in reason:
@@ -119,19 +130,18 @@ def _run(exercise_id, obj, seed, registry: Registry) -> Grade:
     return result(Status.PASSED, total, total)
 
 
-def _describe(case: Case) -> str:
-    parts = [short(a, 80) for a in case.args]
-    parts += [f"{k}={short(v, 80)}" for k, v in case.kwargs.items()]
+def _describe(args: tuple, kwargs: dict) -> str:
+    parts = [short(a, 80) for a in args]
+    parts += [f"{k}={short(v, 80)}" for k, v in kwargs.items()]
     return "(" + ", ".join(parts) + ")"
 
 
-def _call_learner(fn, case: Case, time_limit: float, forbidden=()):
-    """Run the learner's function on one case: (outcome, value, detail)."""
+def _call_learner(fn, args: tuple, kwargs: dict, time_limit: float, forbidden=()):
+    """Run the learner's function on one case's inputs: (outcome, value, detail)."""
     out = io.StringIO()
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out), forbid_dtypes(forbidden):
-            got = call_with_time_limit(fn, time_limit, *copy.deepcopy(case.args),
-                                       **copy.deepcopy(case.kwargs))
+            got = call_with_time_limit(fn, time_limit, *args, **kwargs)
     except NotImplementedError as exc:
         return "not implemented", None, str(exc) or "NotImplementedError"
     except ForbiddenDtype as exc:

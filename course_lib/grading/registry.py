@@ -14,6 +14,10 @@ answer, declared in one place (``course_lib/exercises/chNN_*.py``):
   follow the numerics: unless the exercise asks for bit-exact results, a
   different order of operations (1 ulp) must pass;
 * ``hint`` -- shown with the first failure;
+* ``observe(args, kwargs, returned)`` -- optional: what is compared, for an
+  exercise whose answer is also what the function *did* to its inputs (an
+  in-place unscale, an optimizer step): it sees the inputs after the call
+  (the reference's own and the learner's own) and the returned value;
 * ``forbidden_dtypes`` -- dtypes the learner's code may not produce;
 * ``alternatives`` -- known-correct answers written differently from the
   reference (torch built-ins, another algorithm, another order of
@@ -33,6 +37,7 @@ tests build registries of their own. Introduced in chapter 00
 """
 from __future__ import annotations
 
+import copy
 import importlib
 import re
 from dataclasses import dataclass, field
@@ -47,13 +52,25 @@ class Case:
 
     ``label`` names the case in reports ("edge: zero parameters");
     ``show_expected=False`` hides the reference's answer in the report when
-    showing it would give the exercise away.
+    showing it would give the exercise away. The reference and the learner's
+    function each get their own deep copy of ``args``/``kwargs`` -- or, when
+    ``build`` is given, their own fresh ``build()`` (a zero-argument callable
+    returning the args tuple; it must be deterministic): for inputs a deep copy
+    does not reproduce, such as a model whose parameters hold ``.grad`` next to
+    its optimizer and ``torch.amp.GradScaler``.
     """
 
     label: str
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
     show_expected: bool = True
+    build: Callable[[], tuple] | None = None
+
+    def inputs(self) -> tuple[tuple, dict]:
+        """A fresh ``(args, kwargs)`` for one call."""
+        if self.build is not None:
+            return tuple(self.build()), {}
+        return copy.deepcopy(self.args), copy.deepcopy(self.kwargs)
 
 
 @dataclass(frozen=True)
@@ -87,6 +104,7 @@ class Exercise:
     hint: str = ""
     time_limit: float = 10.0
     forbidden_dtypes: tuple = ()
+    observe: Callable[[tuple, dict, Any], Any] | None = None
     alternatives: tuple[Alternative, ...] = ()
     mistakes: tuple[Mistake, ...] = ()
 

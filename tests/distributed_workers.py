@@ -1,0 +1,91 @@
+"""Worker functions for tests/test_distributed.py.
+
+They run inside ranks started by course_lib.distributed.launch, which
+imports them by name: that is why they live in a module and not in the
+test file's closures.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+import warnings
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from course_lib.distributed.process import current_worker
+from course_lib.distributed.teardown import live_parallel_modules, orderly_teardown
+
+_KEPT = []
+
+
+def whoami(scale: float = 1.0) -> dict:
+    """Identity of this rank, plus an all_reduce: sum over ranks of (rank + 1), times scale."""
+    info = current_worker()
+    total = torch.tensor([float(info.rank + 1)])
+    dist.all_reduce(total)
+    return {"rank": dist.get_rank(), "world": dist.get_world_size(), "info": info,
+            "env": {k: os.environ[k] for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR")},
+            "pid": os.getpid(), "sum": total * scale, "threads": torch.get_num_threads()}
+
+
+def rank_and_argument(argument: str) -> str:
+    print(f"hello from rank {dist.get_rank()}")
+    return f"{dist.get_rank()}:{argument}:{os.environ.get('COURSE_TEST_MARKER')}"
+
+
+def raise_on_rank(bad_rank: int) -> int:
+    if dist.get_rank() == bad_rank:
+        raise ValueError(f"boom from the test on rank {bad_rank}")
+    time.sleep(30)                       # the healthy rank waits; the launcher must kill it
+    return dist.get_rank()
+
+
+def die_on_rank(bad_rank: int, how: str) -> int:
+    if dist.get_rank() == bad_rank:
+        if how == "exit":
+            os._exit(3)
+        if how == "sigkill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if how == "segfault":
+            ctypes.string_at(0)          # read address 0: SIGSEGV
+    time.sleep(30)
+    return dist.get_rank()
+
+
+def hang_in_all_reduce() -> None:
+    """Rank 0 waits in an all_reduce that rank 1 never reaches."""
+    if dist.get_rank() == 0:
+        dist.all_reduce(torch.ones(1))
+    else:
+        time.sleep(60)
+
+
+def teardown_with_live_ddp() -> dict:
+    """Keep a DDP model referenced (as a script's global would) and tear down by hand."""
+    _KEPT.append(nn.parallel.DistributedDataParallel(nn.Linear(2, 2)))
+    live = len(live_parallel_modules())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        destroyed = orderly_teardown()
+    return {"live": live, "destroyed": destroyed, "initialized_after": dist.is_initialized(),
+            "warnings": [str(w.message) for w in caught if w.category is RuntimeWarning]}
+
+
+def return_unpicklable():
+    return lambda: dist.get_rank()
+
+
+def script_that_hangs() -> str:
+    """Source of a torchrun script whose rank 0 waits in an all_reduce rank 1 never reaches."""
+    return ("import time, torch, torch.distributed as dist\n"
+            "from course_lib.distributed import distributed_process\n"
+            "with distributed_process('cpu') as info:\n"
+            "    print('started', info.rank, flush=True)\n"
+            "    if info.rank == 0:\n"
+            "        dist.all_reduce(torch.ones(1))\n"
+            "    else:\n"
+            "        time.sleep(120)\n")
