@@ -5,7 +5,10 @@ Commands:
   build SRC DST        make learner notebooks from solution notebooks
   execute PATH...      execute solution notebooks in place (refresh outputs)
   env                  print the environment report of chapter 00
-  bench NAME           run a benchmark (formats)
+  bench [--device cpu|cuda] [--json PATH] [--plot PATH]
+                       the benchmark sweep of chapter 09: matmuls by dtype, layout and
+                       size; training steps by precision recipe; CPU threads
+  bench NAME [ARGS]    a named benchmark: formats, grading, scaler
 """
 from __future__ import annotations
 
@@ -69,9 +72,17 @@ BENCHMARKS = {"formats": "course_lib.bench_formats", "grading": "course_lib.benc
 def _bench(args) -> int:
     import importlib
 
+    if args.name is None:  # the main sweep (course_lib.bench.sweep): matmuls, training steps, threads
+        from .bench.sweep import cli
+
+        return cli(device=args.device, json_path=args.json, plot_path=args.plot, progress=not args.no_progress)
     if args.name not in BENCHMARKS:
-        print(f"bench: unknown benchmark {args.name!r}; available: {', '.join(BENCHMARKS)}",
-              file=sys.stderr)
+        print(f"bench: unknown benchmark {args.name!r}; available: {', '.join(BENCHMARKS)} "
+              "(or no name for the main sweep)", file=sys.stderr)
+        return 2
+    if args.device is not None or args.json != "bench_report.json" or args.plot is not None or args.no_progress:
+        print(f"bench: --device/--json/--plot/--no-progress belong to the main sweep; put options "
+              f"for {args.name!r} after its name", file=sys.stderr)
         return 2
     return importlib.import_module(BENCHMARKS[args.name]).main(args.rest) or 0
 
@@ -108,9 +119,20 @@ def main(argv=None) -> int:
     v = sub.add_parser("env", help="print the environment report")
     v.set_defaults(func=_env)
 
-    n = sub.add_parser("bench", help="run a benchmark")
-    n.add_argument("name")
-    n.add_argument("rest", nargs=argparse.REMAINDER)
+    n = sub.add_parser("bench", help="run the benchmark sweep, or a named benchmark",
+                       description="With no NAME: the main sweep (matmul by precision, layout and size; "
+                                   "training step by precision recipe; CPU threads), printed as tables "
+                                   "and saved as JSON and a plot. With a NAME: that benchmark, with its "
+                                   "own options after the name.")
+    n.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="main sweep: device (default: cuda if available, else cpu)")
+    n.add_argument("--json", default="bench_report.json",
+                   help="main sweep: JSON report path ('' for none; default bench_report.json)")
+    n.add_argument("--plot", default=None,
+                   help="main sweep: plot path (default: the JSON path with .png; '' for none)")
+    n.add_argument("--no-progress", action="store_true", help="main sweep: no progress bar")
+    n.add_argument("name", nargs="?", default=None, help=f"a named benchmark: {', '.join(BENCHMARKS)}")
+    n.add_argument("rest", nargs=argparse.REMAINDER, help="options of the named benchmark")
     n.set_defaults(func=_bench)
 
     args = parser.parse_args(argv)

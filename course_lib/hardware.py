@@ -35,7 +35,7 @@ arithmetic natively (x86 ``avx512_bf16``/``amx_bf16``/``avx512_fp16``/
 ``amx_fp16``; Arm ``bf16``, ``fphp``/``asimdhp``), each with a source.
 :func:`cpu_16bit_support` reads the flags that
 :func:`course_lib.env.cpu_flags` returns. "Native instructions exist" is not
-"fast in PyTorch": chapter 09 measures it (:func:`course_lib.bench.measure_cpu_peak_flops`).
+"fast in PyTorch": chapter 09 measures it (:func:`course_lib.bench.peak.peak_flops`).
 
 Lookups: :func:`lookup_gpu` (``torch.cuda.get_device_name()`` strings),
 :func:`gpu_features` (capability -> tensor cores, bf16, tf32, fp8),

@@ -44,7 +44,7 @@ MISTAKES = [(i, m) for i, ex in EXERCISES.items() for m in ex.mistakes]
 @pytest.mark.parametrize("exercise_id, alternative", ALTERNATIVES,
                          ids=[f"{i}-{a.fn.__name__}" for i, a in ALTERNATIVES])
 def test_known_correct_alternatives_pass_on_every_seed(exercise_id, alternative):
-    for seed in _fresh_seeds():
+    for seed in _fresh_seeds(EXERCISES[exercise_id].test_seeds):
         grade = check(exercise_id, alternative.fn, quiet=True, record=False, seed=seed)
         assert grade.status is Status.PASSED, f"{alternative.why}:\n{grade.report()}"
 
@@ -52,7 +52,8 @@ def test_known_correct_alternatives_pass_on_every_seed(exercise_id, alternative)
 @pytest.mark.parametrize("exercise_id, mistake", MISTAKES,
                          ids=[f"{i}-{m.fn.__name__}" for i, m in MISTAKES])
 def test_known_mistakes_fail(exercise_id, mistake):
-    grades = [check(exercise_id, mistake.fn, quiet=True, record=False, seed=s) for s in _fresh_seeds()]
+    grades = [check(exercise_id, mistake.fn, quiet=True, record=False, seed=s)
+              for s in _fresh_seeds(EXERCISES[exercise_id].test_seeds)]
     caught = [g for g in grades if g.status is not Status.PASSED]
     if mistake.always:
         assert len(caught) == len(grades), (f"{mistake.why}: passed on seed "

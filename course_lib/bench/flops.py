@@ -34,14 +34,13 @@ make the choice explicit:
 **MFU** = achieved FLOP/s / peak FLOP/s = ``flops_per_step /
 seconds_per_step / peak_flops`` (:func:`mfu`). The peak must be the dense
 figure for the precision actually used (:func:`course_lib.hardware.peak_tflops`);
-on a CPU it is measured, not looked up: :func:`measure_cpu_peak_flops`
+on a CPU it is measured, not looked up: :func:`course_lib.bench.peak.peak_flops`
 times a large matmul (``2*n**3`` FLOPs per ``n x n`` product).
 
 Introduced in chapter 09 (notebooks/09_benchmarking.ipynb).
 """
 from __future__ import annotations
 
-import time
 from typing import Callable
 
 import torch
@@ -51,7 +50,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .. import validate
 
 __all__ = ["matmul_flops", "count_flops", "flops_by_module", "training_step_flops",
-           "transformer_flops_per_token", "mfu", "measure_cpu_peak_flops"]
+           "transformer_flops_per_token", "mfu"]
 
 
 def matmul_flops(m: int, k: int, n: int) -> int:
@@ -133,7 +132,7 @@ def flops_by_module(fn_or_model, *inputs, backward: bool = False) -> dict[str, i
     (23680, 20480, 3200)
     """
     counts = _counted(fn_or_model, inputs, backward).get_flop_counts()
-    return {name: int(sum(ops.values())) for name, ops in counts.items()}
+    return {name: int(sum(ops.values())) for name, ops in sorted(counts.items())}  # stable order
 
 
 def training_step_flops(model: nn.Module, inputs, targets, loss_fn: Callable) -> int:
@@ -210,44 +209,3 @@ def mfu(flops_per_step: float, seconds_per_step: float, peak_flops: float) -> fl
     seconds_per_step = validate.positive_float("seconds_per_step", seconds_per_step)
     peak_flops = validate.positive_float("peak_flops", peak_flops)
     return flops_per_step / seconds_per_step / peak_flops
-
-
-def measure_cpu_peak_flops(dtype: torch.dtype = torch.float32, size: int = 512, threads: int | None = None,
-                           budget_s: float = 0.5) -> float:
-    """Achievable CPU matmul throughput for ``dtype``, in FLOP/s, measured on this machine.
-
-    Algorithm: ``a @ b`` with two ``size x size`` random matrices of
-    ``dtype``; one untimed call, then as many timed calls as fit in
-    ``budget_s`` (at least 1, at most 10); the *fastest* call gives
-    ``2*size**3 / t``. With ``threads`` set, ``torch.set_num_threads`` is
-    changed for the measurement and restored. The total stays around
-    ``budget_s`` plus the untimed call (well under 2 s for the default size
-    unless a dtype is emulated very slowly).
-
-    >>> measure_cpu_peak_flops(size=64, budget_s=0.01) > 0
-    True
-    """
-    validate.instance_of("dtype", dtype, torch.dtype)
-    if not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a floating-point dtype such as torch.float32, got {dtype}")
-    size = validate.positive_int("size", size)
-    threads = validate.positive_int("threads", threads, allow_none=True)
-    budget_s = validate.positive_float("budget_s", budget_s)
-    gen = torch.Generator().manual_seed(0)
-    a = torch.randn(size, size, generator=gen).to(dtype)
-    b = torch.randn(size, size, generator=gen).to(dtype)
-    original = torch.get_num_threads()
-    try:
-        if threads is not None:
-            torch.set_num_threads(threads)
-        t0 = time.perf_counter()
-        a @ b
-        first = time.perf_counter() - t0
-        best = float("inf")
-        for _ in range(max(1, min(10, int(budget_s / max(first, 1e-9))))):
-            t0 = time.perf_counter()
-            a @ b
-            best = min(best, time.perf_counter() - t0)
-    finally:
-        torch.set_num_threads(original)
-    return 2.0 * size ** 3 / best

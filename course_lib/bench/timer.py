@@ -125,8 +125,9 @@ class Timing:
 
 
 def _fmt(seconds: float) -> str:
+    """Three significant digits in the largest unit that keeps the number >= 1 after rounding."""
     for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
-        if seconds >= scale:
+        if float(f"{seconds / scale:.3g}") >= 1.0:
             return f"{seconds / scale:.3g} {unit}"
     return f"{seconds / 1e-9:.3g} ns"
 

@@ -25,8 +25,10 @@ answer, declared in one place (``course_lib/exercises/chNN_*.py``):
 * ``mistakes`` -- the errors learners make: :class:`Mistake`.
 
 ``tests/test_exercises.py`` runs ``check`` on every alternative and mistake
-over at least 50 fresh seeds: every alternative must pass every run, every
-mistake must fail (every run when ``always=True``, at least once otherwise).
+over ``test_seeds`` fresh seeds (50 unless the exercise states why each
+seed is so expensive that fewer must do, as a whole training run per case
+is): every alternative must pass every run, every mistake must fail (every
+run when ``always=True``, at least once otherwise).
 A grader that rejects a correct answer is as bad as one that accepts a wrong one.
 
 A :class:`Registry` holds exercises by id. :data:`REGISTRY`, the course's
@@ -107,6 +109,8 @@ class Exercise:
     observe: Callable[[tuple, dict, Any], Any] | None = None
     alternatives: tuple[Alternative, ...] = ()
     mistakes: tuple[Mistake, ...] = ()
+    test_seeds: int = 50
+    test_seeds_why: str = ""
 
     def __post_init__(self):
         if not ID_PATTERN.match(self.id):
@@ -116,6 +120,9 @@ class Exercise:
             raise ValueError(f"exercise {self.id}: points must be a positive int, got {self.points!r}")
         if self.time_limit <= 0:
             raise ValueError(f"exercise {self.id}: time_limit must be > 0 s, got {self.time_limit!r}")
+        if self.test_seeds < 50 and not self.test_seeds_why:
+            raise ValueError(f"exercise {self.id}: fewer than 50 test seeds needs a reason "
+                             "(test_seeds_why)")
         for name, kind in (("alternatives", Alternative), ("mistakes", Mistake)):
             bad = [x for x in getattr(self, name) if not isinstance(x, kind)]
             if bad:
