@@ -120,7 +120,7 @@ from course_lib.validate import callable_or_none, instance_of, positive_int
 __all__ = [
     "EPS", "FP8_FORMATS", "FP8Tensor", "fp8_format", "amax_to_scale", "tensor_to_scale",
     "to_fp8", "dequantize", "quantize_dequantize", "sqnr_db",
-    "ScalingRecipe", "TensorwiseScaling", "RowwiseScaling", "DelayedScaling", "RECIPES",
+    "ScalingRecipe", "TensorwiseScaling", "RowwiseScaling", "DelayedScaling", "SCALING_RECIPES",
     "make_recipe", "FP8Linear", "convert_to_fp8",
     "FP8UnavailableError", "real_fp8_available", "scaled_mm", "emulated_scaled_mm",
     "torchao_float8_available", "convert_to_torchao_float8", "FP8_TRAINING_EXPECTATIONS",
@@ -491,7 +491,7 @@ def _check_bool(name: str, value) -> bool:
 
 
 #: The recipes by name (the names torchao uses where it has them).
-RECIPES: dict[str, type[ScalingRecipe]] = {
+SCALING_RECIPES: dict[str, type[ScalingRecipe]] = {
     "tensorwise": TensorwiseScaling,
     "rowwise": RowwiseScaling,
     "delayed": DelayedScaling,
@@ -499,7 +499,7 @@ RECIPES: dict[str, type[ScalingRecipe]] = {
 
 
 def make_recipe(recipe) -> ScalingRecipe:
-    """A fresh recipe from a name in ``RECIPES`` (default arguments), or a copy of an instance.
+    """A fresh recipe from a name in ``SCALING_RECIPES`` (default arguments), or a copy of an instance.
 
     A copy, because a recipe may hold state (the amax history of
     :class:`DelayedScaling`) that must belong to one tensor only.
@@ -509,10 +509,10 @@ def make_recipe(recipe) -> ScalingRecipe:
     """
     if isinstance(recipe, ScalingRecipe):
         return copy.deepcopy(recipe)
-    if isinstance(recipe, str) and recipe in RECIPES:
-        return RECIPES[recipe]()
+    if isinstance(recipe, str) and recipe in SCALING_RECIPES:
+        return SCALING_RECIPES[recipe]()
     raise ValueError(f"unknown recipe {recipe!r}; allowed: a ScalingRecipe instance or one of "
-                     + ", ".join(repr(r) for r in RECIPES))
+                     + ", ".join(repr(r) for r in SCALING_RECIPES))
 
 
 # --------------------------------------------------------------------------- FP8 linear
