@@ -101,10 +101,12 @@ Introduced in chapter 08 (notebooks/08_quantization_aware_training.ipynb).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import io
 import logging
+import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -117,11 +119,12 @@ from course_lib.validate import fraction, instance_of, non_negative_int, one_of
 
 __all__ = [
     "FP32_EPS", "qrange", "QParams", "calculate_qparams", "quantize", "dequantize",
-    "fake_quantize", "FakeQuantizeSTE", "fake_quantize_ste",
+    "fake_quantize", "FakeQuantizeSTE", "fake_quantize_ste", "ste_gradient",
     "MinMaxObserver", "MovingAverageMinMaxObserver",
     "QuantSpec", "FakeQuantConfig", "FakeQuantizer", "NoFakeQuantizer", "QATLinear", "QATConv2d",
     "prepare_qat", "remove_qat", "freeze_observers", "calibrate_observers",
-    "TORCHAO_REQUIREMENT", "torchao_available", "torchao_qat_prepare", "torchao_qat_convert",
+    "TORCHAO_REQUIREMENT", "torchao_available", "torchao_status", "torchao_qat_prepare", "torchao_qat_convert",
+    "torchao_int8_dynamic_quantize",
     "serialized_size_bytes",
 ]
 
@@ -504,6 +507,39 @@ def fake_quantize_ste(x: torch.Tensor, qparams: QParams) -> torch.Tensor:
     x, qparams = _check_x(x), _check_qparams(qparams)
     scale, zp = _broadcast(qparams, x)
     return FakeQuantizeSTE.apply(x, scale, zp, qparams.qmin, qparams.qmax, qparams.axis)
+
+
+def ste_gradient(x: torch.Tensor, qparams: QParams, grad_output: torch.Tensor) -> torch.Tensor:
+    """The straight-through estimator's backward: ``dL/dx`` from ``dL/dx̂`` for ``x̂ = fake_quantize(x)``.
+
+    Algorithm: ``grad_output * mask`` with ``mask = qmin <= round(x * (1/s)) + z <= qmax``
+    (inclusive: the boundary codes are representable, so those inputs pass
+    the gradient; a saturated input, ``±inf`` or NaN gets 0). The same mask,
+    computed the same way, as ``FakeQuantizeSTE.backward`` and torch's
+    ``fake_quantize_per_tensor_affine`` backward, without building a graph.
+
+    Args:
+        x (Tensor): the floating-point input of the fake quantization.
+        qparams (QParams): its scale, zero point, range and axis.
+        grad_output (Tensor): ``dL/dx̂``, same shape as ``x``.
+
+    Returns:
+        Tensor: ``dL/dx`` in ``grad_output``'s dtype.
+
+    Example:
+        >>> x = torch.tensor([0.3, 63.5, 63.7, 63.75])       # x / 0.5 = 0.6, 127, 127.4, 127.5
+        >>> ste_gradient(x, QParams(0.5, 0), torch.tensor([2.0, 2.0, 2.0, 2.0]))
+        tensor([2., 2., 2., 0.])
+    """
+    x, qparams = _check_x(x), _check_qparams(qparams)
+    if not isinstance(grad_output, torch.Tensor):
+        raise TypeError(f"grad_output must be a torch.Tensor, got {type(grad_output).__name__}")
+    if grad_output.shape != x.shape:
+        raise ValueError(f"grad_output must have x's shape {tuple(x.shape)}, got {tuple(grad_output.shape)}")
+    scale, zp = _broadcast(qparams, x)
+    _, mask = _fake_quant_forward(x.detach(), scale, zp, qparams.qmin, qparams.qmax,
+                                  qparams.per_channel)
+    return grad_output * mask
 
 
 # --------------------------------------------------------------------------- observers
@@ -1092,13 +1128,20 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-@functools.lru_cache(maxsize=1)
-def _import_torchao():
-    """Import torchao quietly; return the module, or the reason it cannot be used."""
-    # A CPU build logs "Failed to load ..._C_cutlass_90a / _C_mxfp8" (GPU-only
-    # kernels) and torch logs an Enum registration notice; torchao 0.15-0.16
-    # warn about their own internal import paths. None of it concerns this CPU
-    # path or anything a learner can change, so it is quieted during the import only.
+@contextlib.contextmanager
+def _quiet_torchao_imports():
+    """Quiet torchao's import-time log lines and warnings, for the duration of the block only.
+
+    A CPU build logs "Failed to load ..._C_cutlass_90a / _C_mxfp8" (GPU-only
+    kernels); torch logs an Enum registration notice ("<enum
+    'ScaleCalculationMode'> is an Enum subclass ... register_constant() ...
+    is deprecated") when torchao imports a module -- at import time, and again
+    inside ``quantize_(..., QATConfig(...))``, which imports
+    ``torchao.prototype.mx_formats`` lazily; torchao 0.15-0.16 warn about
+    their own internal import paths. None of it concerns this CPU path or
+    anything a learner can change. Loggers are set to ERROR (not disabled),
+    so real errors still show.
+    """
     loggers = [logging.getLogger(n) for n in ("torchao", "torch.utils._pytree")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
@@ -1107,15 +1150,30 @@ def _import_torchao():
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Importing .*deprecated",
                                     category=DeprecationWarning)
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+#: Set this environment variable (to anything) to run as if torchao were not installed:
+#: chapter 08's skip path, testable on a machine that has torchao.
+DISABLE_TORCHAO_ENV = "COURSE_NO_TORCHAO"
+
+
+@functools.lru_cache(maxsize=1)
+def _import_torchao():
+    """Import torchao quietly; return the module, or the reason it cannot be used."""
+    if os.environ.get(DISABLE_TORCHAO_ENV):
+        return f"torchao is switched off ({DISABLE_TORCHAO_ENV} is set)"
+    try:
+        with _quiet_torchao_imports():
             torchao = importlib.import_module("torchao")
             importlib.import_module("torchao.quantization.qat")
     except ImportError as exc:
         return f"torchao is not importable ({exc})"
     except Exception as exc:  # an installed torchao built for another torch can fail oddly
         return f"torchao failed to import with torch {torch.__version__} ({type(exc).__name__}: {exc})"
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
     version = getattr(torchao, "__version__", "0")
     if _version_tuple(version) < _TORCHAO_MIN:
         return f"torchao {version} is too old: QATConfig with int8 base configs needs {TORCHAO_REQUIREMENT}"
@@ -1132,6 +1190,22 @@ def torchao_available() -> bool:
         'torchao>=0.14.1,<0.19'
     """
     return not isinstance(_import_torchao(), str)
+
+
+def torchao_status() -> str:
+    """One line: the torchao version in use, or why it cannot be used and what to install.
+
+    For a chapter cell that skips the torchao part cleanly (``if not
+    torchao_available(): print(torchao_status())``).
+
+    Example:
+        >>> torchao_status().startswith("torchao")
+        True
+    """
+    torchao = _import_torchao()
+    if isinstance(torchao, str):
+        return f"{torchao}; install it with: {_INSTALL_HINT}"
+    return f"torchao {torchao.__version__} (course_lib checks for {TORCHAO_REQUIREMENT})"
 
 
 def _require_torchao(what: str):
@@ -1163,10 +1237,11 @@ def _torchao_qat(model: nn.Module, scheme: str, step: str, filter_fn) -> nn.Modu
     from torchao.quantization import quantize_
     from torchao.quantization.qat import QATConfig
     qat_config = QATConfig(_torchao_base_config(scheme), step=step)
-    if filter_fn is None:
-        quantize_(model, qat_config)
-    else:
-        quantize_(model, qat_config, filter_fn=filter_fn)
+    with _quiet_torchao_imports():
+        if filter_fn is None:
+            quantize_(model, qat_config)
+        else:
+            quantize_(model, qat_config, filter_fn=filter_fn)
     return model
 
 
@@ -1201,6 +1276,9 @@ def torchao_qat_convert(model: nn.Module, scheme: str = "int8_weight_only", *,
     (``IntxUnpackedToInt8Tensor``) with ``qdata`` (int8) and per-channel
     ``scale``; its ``.dtype`` reports float32, the dtype it computes in (on
     CPU the weight is dequantized for each matmul: smaller on disk, not faster).
+    Only layers swapped by ``torchao_qat_prepare`` are converted: on a plain
+    ``nn.Linear`` (never prepared) torchao 0.18 does nothing, silently -- the
+    weight stays a float32 Parameter.
 
     Args:
         as ``torchao_qat_prepare`` (same ``scheme``).
@@ -1209,6 +1287,44 @@ def torchao_qat_convert(model: nn.Module, scheme: str = "int8_weight_only", *,
         ImportError: torchao is missing or unusable.
     """
     return _torchao_qat(model, scheme, "convert", filter_fn)
+
+
+def torchao_int8_dynamic_quantize(model: nn.Module, *,
+                                  filter_fn: Callable[[nn.Module, str], bool] | None = None) -> nn.Module:
+    """Post-training int8 with int8 *compute*: ``quantize_(model, Int8DynamicActivationInt8WeightConfig())``.
+
+    In place. Each ``nn.Linear`` weight becomes torchao's ``Int8Tensor``
+    (int8 per output channel, symmetric); at every call the activation is
+    quantized to int8 per row (its scale computed from that batch: "dynamic")
+    and the product runs as an integer matmul (``aten::_int_mm``, int32
+    accumulation), then is rescaled to float32. Whether that is faster than
+    float32 depends on the layer size and the CPU (chapter 08 measures it).
+    Use it on a float model (after QAT, ``remove_qat`` first); torchao
+    quantizes ``nn.Linear`` only.
+
+    Args:
+        model (nn.Module): the float model.
+        filter_fn (callable | None): torchao's ``filter_fn(module, name)``;
+            ``None`` = every ``nn.Linear``.
+
+    Raises:
+        ImportError: torchao is missing or unusable (the message says what to install).
+        ValueError: ``model`` still holds course_lib QAT layers.
+    """
+    _require_torchao("torchao_int8_dynamic_quantize")
+    instance_of("model", model, nn.Module)
+    if filter_fn is not None and not callable(filter_fn):
+        raise TypeError(f"filter_fn must be callable(module, name) -> bool or None, "
+                        f"got {type(filter_fn).__name__}")
+    if any(isinstance(m, _QAT_TYPES) for m in model.modules()):
+        raise ValueError("model holds course_lib QAT layers: call remove_qat(model) first")
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    with _quiet_torchao_imports():
+        if filter_fn is None:
+            quantize_(model, Int8DynamicActivationInt8WeightConfig())
+        else:
+            quantize_(model, Int8DynamicActivationInt8WeightConfig(), filter_fn=filter_fn)
+    return model
 
 
 def serialized_size_bytes(obj) -> int:

@@ -629,3 +629,39 @@ def test_bad_arguments_are_rejected_with_a_clear_message(make, error, match):
 def test_constants():
     assert ROUNDINGS == ("nearest", "stochastic", "kahan")
     assert torch.bfloat16 in PARAM_DTYPES and torch.float64 not in PARAM_DTYPES
+
+
+# --------------------------------------------------------------------------- the exercises' cores
+def test_stochastic_round_bits_is_unbiased_over_all_noise_values_and_matches_formats():
+    from course_lib.bf16 import stochastic_round_bits
+    from course_lib.formats import round_to_format
+
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(7, generator=g) * 100
+    noise = torch.arange(2 ** 16, dtype=torch.int32)
+    rounded = stochastic_round_bits(x.repeat(2 ** 16, 1), noise[:, None].expand(-1, 7).contiguous())
+    assert torch.equal(rounded.double().mean(0), x.double())          # exact: every noise value once
+    down = round_to_format(x, "bf16", rounding="toward_zero")
+    assert ((rounded.view(torch.int32) & 0xFFFF) == 0).all()       # on the BF16 grid
+    for col in range(7):                                          # one of the two neighbours of x
+        values = set(rounded[:, col].tolist())
+        assert len(values) == 2 and down[col].item() in values
+    specials = torch.tensor([0.0, -0.0, float("inf"), float("-inf"), float("nan")])
+    out = stochastic_round_bits(specials, torch.full((5,), 0xFFFF, dtype=torch.int32))
+    assert torch.equal(out[:4].view(torch.int32), specials[:4].view(torch.int32)) and out[4].isnan()
+
+
+def test_kahan_add_keeps_what_rounding_drops():
+    from course_lib.bf16 import kahan_add_
+
+    w = torch.ones(1, dtype=torch.bfloat16)
+    plain = w.clone()
+    c = torch.zeros_like(w)
+    for _ in range(1000):
+        kahan_add_(w, torch.tensor([1e-4]), c)
+        plain.add_(torch.tensor([1e-4]))
+    assert plain.item() == 1.0                                  # every update below half an ulp: lost
+    exact = 1.0 + 1000 * torch.tensor(1e-4).item()
+    ulp = 2.0 ** -7                                             # BF16's spacing at 1.1
+    assert abs(w.float().item() + c.float().item() - exact) < ulp / 2   # compensated: the sum is kept
+    assert w.item() > 1.09

@@ -312,3 +312,31 @@ def test_compare_precisions_refuses_what_the_seed_did(digits_val):
 class _TupleModel(nn.Module):
     def forward(self, x):
         return x, x
+
+
+def test_first_nonfinite_module_names_the_layer_that_made_the_inf():
+    from course_lib.debug import first_nonfinite_module
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    x = torch.randn(3, 4)
+    assert first_nonfinite_module(model, x) is None
+    with torch.no_grad():
+        model[2].weight.fill_(1e38)                      # the sum of 8 such products overflows FP32
+        model[0].weight.abs_()
+        model[0].bias.fill_(1.0)                         # every hidden unit positive
+    assert first_nonfinite_module(model, x) == "2"
+    with torch.no_grad():
+        model[2].weight.fill_(3e3)                       # finite in FP32 and BF16, inf in FP16
+    x = torch.ones(3, 4) * 10
+    assert first_nonfinite_module(model, x) is None
+    assert first_nonfinite_module(model, x, autocast_dtype=torch.bfloat16) is None
+    assert first_nonfinite_module(model.half(), x.half()) == "2"
+
+
+def test_compare_outputs_reports_nan_cosine_when_the_candidate_is_not_finite():
+    ref = torch.randn(4, 3)
+    bad = ref.clone()
+    bad[0, 0] = float("nan")
+    result = compare_outputs(ref, bad)
+    assert math.isnan(result.cosine_similarity)

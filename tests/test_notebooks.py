@@ -82,3 +82,26 @@ def test_learner_notebook_runs_to_the_end_and_scores_zero(path):
     for g in grade.exercises:
         assert g.status.value == "not implemented", g.report()
         assert "replace this line with your code" in g.messages[0]
+
+
+# Chapters with an optional dependency skip its cells cleanly without it (switched off by an
+# environment variable the library honours, so this runs on a machine that has them).
+OPTIONAL = [("08_quantization_aware_training", "COURSE_NO_TORCHAO", "COURSE_NO_TORCHAO is set"),
+            ("10_keras_appendix", "COURSE_NO_KERAS", "Unset COURSE_NO_KERAS")]
+
+
+@pytest.mark.parametrize("name, switch, hint", OPTIONAL, ids=[o[0] for o in OPTIONAL])
+def test_chapter_without_its_optional_dependency_skips_cleanly(name, switch, hint, tmp_path, monkeypatch):
+    path = ROOT / "solutions" / f"{name}.ipynb"
+    monkeypatch.setenv(switch, "1")
+    executed = tmp_path / path.name
+    grade = grade_notebook(path, learner="no-optional-dependency", cell_timeout=CELL_TIMEOUT,
+                           save_executed=executed)
+    assert not grade.grading_failed and grade.events == [], grade.events
+    assert all(g.passed for g in grade.exercises)    # the exercises never need the dependency
+    text = "".join(o.get("text", "") for c in nbformat.read(executed, 4).cells if c.cell_type == "code"
+                   for o in c.get("outputs", []))
+    assert hint in text, f"no cell said why the optional part was skipped ({hint!r})"
+    for c in nbformat.read(executed, 4).cells:
+        for o in c.get("outputs", []) if c.cell_type == "code" else []:
+            assert not (o["output_type"] == "stream" and o["name"] == "stderr"), o["text"][:300]

@@ -675,3 +675,51 @@ def test_qat_model_under_fp16_autocast_keeps_activation_dtype():
     assert torch.equal(seen["y"], torch_fq(seen["x"], qp))
     y.float().sum().backward()
     assert model[0].weight.grad.dtype == torch.float32 and torch.isfinite(model[0].weight.grad).all()
+
+
+# --------------------------------------------------------------------------- additions for chapter 08
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_ste_gradient_matches_torch_kernels_without_a_graph(per_channel):
+    g = torch.Generator().manual_seed(3)
+    if per_channel:
+        x = torch.randn(6, 9, generator=g) * 4
+        qp = QParams(torch.rand(6, generator=g) * 0.05 + 0.01, torch.randint(-3, 4, (6,), generator=g),
+                     -8, 7, axis=0)
+    else:
+        qp = QParams(0.03, 2, -8, 7)
+        x = boundary_inputs(qp)             # codes qmin-2 .. qmax+2, +-1 ulp, ties
+    grad = torch.randn(x.shape, generator=g)
+    *_, torch_grad = ours_and_torch(x, qp, grad)
+    assert same_bits(qat.ste_gradient(x, qp, grad), torch_grad)
+    with pytest.raises(ValueError, match="shape"):
+        qat.ste_gradient(x, qp, grad.reshape(-1)[:1])
+
+
+def test_torchao_status_in_both_states(monkeypatch):
+    monkeypatch.setenv(qat.DISABLE_TORCHAO_ENV, "1")
+    qat._import_torchao.cache_clear()
+    try:
+        assert not qat.torchao_available()
+        assert qat.DISABLE_TORCHAO_ENV in qat.torchao_status()
+        with pytest.raises(ImportError, match=r"pip install -e \.\[qat\]"):
+            qat.torchao_qat_prepare(nn.Sequential(nn.Linear(4, 4)))
+    finally:
+        monkeypatch.delenv(qat.DISABLE_TORCHAO_ENV)
+        qat._import_torchao.cache_clear()
+    if qat.torchao_available():
+        assert qat.torchao_status().startswith("torchao ")
+
+
+@pytest.mark.skipif(not qat.torchao_available(), reason=f"needs {qat.TORCHAO_REQUIREMENT}")
+def test_torchao_int8_dynamic_computes_with_an_integer_matmul_and_prepare_prints_nothing(capfd):
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 4))
+    prepared = qat.torchao_qat_prepare(copy.deepcopy(model))
+    assert capfd.readouterr().err == ""            # torchao's import noise is kept quiet
+    assert prepared is not None
+    qat.torchao_int8_dynamic_quantize(model)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        model(torch.randn(8, 32))
+    assert "aten::_int_mm" in {e.key for e in prof.key_averages()}
