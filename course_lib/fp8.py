@@ -857,7 +857,7 @@ def torchao_float8_available() -> tuple[bool, str]:
     True
     """
     if "torchao" not in sys.modules:         # first import: the quiet one (a None entry blocks it)
-        from course_lib.qat import _import_torchao
+        from course_lib.qat.real_int8 import _import_torchao
 
         _import_torchao()                    # its verdict is about QAT; float8's is judged below
     try:

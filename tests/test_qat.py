@@ -609,7 +609,7 @@ def test_serialized_size_bytes_is_the_file_size(tmp_path):
 
 # --------------------------------------------------------------------------- torchao
 def test_torchao_helpers_raise_a_clear_import_error_when_missing(monkeypatch):
-    monkeypatch.setattr(qat, "_import_torchao", lambda: "torchao is not importable (test)")
+    monkeypatch.setattr(qat.real_int8, "_import_torchao", lambda: "torchao is not importable (test)")
     assert qat.torchao_available() is False
     with pytest.raises(ImportError, match=r"pip install -e \.\[qat\]"):
         qat.torchao_qat_prepare(nn.Linear(2, 2))
@@ -620,7 +620,7 @@ def test_torchao_helpers_raise_a_clear_import_error_when_missing(monkeypatch):
 @pytest.fixture
 def torchao_or_skip():
     if not qat.torchao_available():
-        pytest.skip(f"torchao not available: {qat._import_torchao()}; "
+        pytest.skip(f"torchao not available: {qat.real_int8._import_torchao()}; "
                     f"install it with pip install -e .[qat] ({qat.TORCHAO_REQUIREMENT})")
 
 
@@ -697,7 +697,7 @@ def test_ste_gradient_matches_torch_kernels_without_a_graph(per_channel):
 
 def test_torchao_status_in_both_states(monkeypatch):
     monkeypatch.setenv(qat.DISABLE_TORCHAO_ENV, "1")
-    qat._import_torchao.cache_clear()
+    qat.real_int8._import_torchao.cache_clear()
     try:
         assert not qat.torchao_available()
         assert qat.DISABLE_TORCHAO_ENV in qat.torchao_status()
@@ -705,7 +705,7 @@ def test_torchao_status_in_both_states(monkeypatch):
             qat.torchao_qat_prepare(nn.Sequential(nn.Linear(4, 4)))
     finally:
         monkeypatch.delenv(qat.DISABLE_TORCHAO_ENV)
-        qat._import_torchao.cache_clear()
+        qat.real_int8._import_torchao.cache_clear()
     if qat.torchao_available():
         assert qat.torchao_status().startswith("torchao ")
 
