@@ -20,4 +20,5 @@ CHAPTER_MODULES = (
     "ch09_benchmarking",
     "ch10_keras_appendix",
     "ch11_fp8",
+    "ch12_capstone",
 )
