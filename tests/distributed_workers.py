@@ -89,3 +89,60 @@ def script_that_hangs() -> str:
             "        dist.all_reduce(torch.ones(1))\n"
             "    else:\n"
             "        time.sleep(120)\n")
+
+
+# ------------------------------------------------------------- train_ddp (chapter 07)
+
+class RecordingDataset(torch.utils.data.Dataset):
+    """A dataset that remembers which indices this process read, in order."""
+
+    def __init__(self, base):
+        self.base = base
+        self.seen: list[int] = []
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, index):
+        self.seen.append(int(index))
+        return self.base[index]
+
+
+def toy_dataset(n: int, seed: int = 0, features: int = 6, classes: int = 3):
+    """A small deterministic classification data set (the same in every process)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, features, generator=gen)
+    y = torch.randint(classes, (n,), generator=gen)
+    return torch.utils.data.TensorDataset(x, y)
+
+
+def small_model(seed: int = 0, features: int = 6, classes: int = 3) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(features, 8), nn.Tanh(), nn.Linear(8, classes))
+
+
+def flat(tensors) -> torch.Tensor:
+    return torch.cat([t.detach().reshape(-1).clone() for t in tensors])
+
+
+def ddp_equivalence_run(n: int, micro_batch_size: int, accumulation_steps: int, epochs: int,
+                        seed: int = 0, **train_kwargs) -> dict:
+    """train_ddp on toy_dataset(n): per-step gradients, indices read, final weights."""
+    from course_lib.distributed.training import train_ddp
+
+    model = small_model(seed)
+    data = RecordingDataset(toy_dataset(n, seed))
+    grads = []
+
+    def capture(record):     # after the step: .grad still holds the step's averaged gradient
+        grads.append(flat(p.grad for p in model.parameters()))
+
+    result = train_ddp(model, data, micro_batch_size=micro_batch_size,
+                       accumulation_steps=accumulation_steps, epochs=epochs, seed=seed,
+                       count_communication=True, callback=capture, progress=False,
+                       **train_kwargs)
+    return {"grads": grads, "params": flat(model.parameters()), "seen": list(data.seen),
+            "calls": [s.hook_calls for s in result.comm], "history": result.history,
+            "divergence": result.replica_divergence, "per_epoch": result.samples_per_epoch,
+            "dropped": result.dropped_per_epoch, "padded": result.padded_per_epoch,
+            "global_batch": result.global_batch_size, "steps": result.steps}

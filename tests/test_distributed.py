@@ -2,8 +2,8 @@
 
 Process start-up dominates, so one launch serves several checks where the
 checks belong together (module-scoped fixtures). Worker functions live in
-tests/distributed_workers.py and course_lib.distributed.demos: the worker
-processes import them by name.
+tests/distributed_workers.py, course_lib.distributed.demos and
+course_lib.distributed.training: the worker processes import them by name.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
 
 sys.path.insert(0, os.path.dirname(__file__))   # distributed_workers, for this process too
 
@@ -33,6 +34,10 @@ from course_lib.distributed.demos import (count_exit_crashes, fsdp_mixed_precisi
                                           hook_comparison_job, small_ddp_job)
 from course_lib.distributed.fsdp import shard_mixed_precision  # noqa: E402
 from course_lib.distributed.hooks import wire_bytes  # noqa: E402
+from course_lib.distributed.training import (GlobalOrderSampler, loss_weights,  # noqa: E402
+                                             sync_schedule, sync_variants_job, train_ddp,
+                                             uneven_inputs_job)
+from course_lib.train import train  # noqa: E402
 
 WORLD = 2
 
@@ -417,3 +422,223 @@ def test_casting_to_bf16_before_sharding_makes_bf16_masters_that_lose_small_upda
 def test_shard_mixed_precision_refuses_low_precision_masters():
     with pytest.raises(ValueError, match="master"):
         shard_mixed_precision(nn.Linear(2, 2).to(torch.bfloat16))
+
+
+# ------------------------------------------------- train_ddp: the DDP training function
+
+# 37 samples (odd), W=2, b=4, K=2: the drop rule keeps 36, 18 per rank = micro-batches
+# 4,4,4,4,2 -> groups [4,4], [4,4], [2]: an incomplete last group of one short micro-batch.
+EQ = {"n": 37, "micro_batch_size": 4, "accumulation_steps": 2, "epochs": 3, "seed": 3}
+
+
+def _oracle(n, micro_batch_size, accumulation_steps, epochs, seed, drop_last=True, **kwargs):
+    """One process, batch W*K*b, over the order the W ranks' global batches follow."""
+    model = workers.small_model(seed)
+    data = workers.toy_dataset(n, seed)
+    loader = DataLoader(data, batch_size=WORLD * accumulation_steps * micro_batch_size,
+                        sampler=GlobalOrderSampler(data, WORLD, seed=seed, drop_last=drop_last))
+    grads = []
+    result = train(model, loader, epochs=epochs, seed=seed, progress=False, device="cpu",
+                   callback=lambda r: grads.append(workers.flat(p.grad for p in model.parameters())),
+                   **kwargs)
+    return {"grads": grads, "params": workers.flat(model.parameters()), "history": result.history}
+
+
+@pytest.fixture(scope="module")
+def equivalence(whoami):
+    kwargs = {"optimizer": "sgd", "lr": 0.5, "optimizer_kwargs": {"momentum": 0.9}}
+    ddp = launch(workers.ddp_equivalence_run, WORLD, kwargs={**EQ, **kwargs}, device="cpu")
+    return ddp, _oracle(**EQ, **kwargs)
+
+
+# Tolerance: both sides compute the same mean over the same 16 (or 4) samples in fp32, in a
+# different order (per-rank sums, then the all-reduce; or one sum). Summing m terms in another
+# order changes the result by at most ~m u sum|terms| (Higham), u = 2**-24; here m <= 16 samples
+# x 8 hidden units and |terms| < 1, so <= 128 * 6e-8 ~ 8e-6 per element and step; measured ~1e-8.
+# Wrong compositions or a missed sync differ by ~1e-2 (test_sync_rules_on_real_ddp).
+TOL = 8e-6
+
+
+def test_ddp_with_accumulation_equals_one_process_with_the_global_batch(equivalence):
+    ddp, oracle = equivalence
+    steps = EQ["epochs"] * math.ceil(18 / (EQ["micro_batch_size"] * EQ["accumulation_steps"]))
+    assert len(oracle["grads"]) == steps == 9
+    for r in ddp:
+        assert r["steps"] == steps and len(r["grads"]) == steps
+        assert r["global_batch"] == 16 and r["per_epoch"] == 36 and r["dropped"] == 1
+        for step, (got, want) in enumerate(zip(r["grads"], oracle["grads"])):
+            assert float((got - want).abs().max()) <= TOL, step          # same gradients
+        assert float((r["params"] - oracle["params"]).abs().max()) <= TOL  # same weights
+        for mine, single in zip(r["history"], oracle["history"]):       # same (global) losses
+            assert mine["loss"] == pytest.approx(single["loss"], abs=TOL)
+        assert r["divergence"] == 0.0                                    # replicas bitwise equal
+    assert not torch.equal(ddp[0]["grads"][0], ddp[0]["grads"][1])       # the steps differ
+    assert torch.equal(ddp[0]["params"], ddp[1]["params"])
+
+
+def test_each_rank_reads_a_disjoint_shard_and_set_epoch_changes_the_order(equivalence):
+    ddp, _ = equivalence
+    per_rank = 18
+    epochs = [[r["seen"][e * per_rank:(e + 1) * per_rank] for e in range(EQ["epochs"])]
+              for r in ddp]
+    for e in range(EQ["epochs"]):
+        a, b = set(epochs[0][e]), set(epochs[1][e])
+        assert len(a) == len(b) == per_rank and not a & b               # disjoint shards
+        sampler = GlobalOrderSampler(range(EQ["n"]), WORLD, seed=EQ["seed"])
+        sampler.set_epoch(e)
+        expected = list(sampler)                                        # perm(seed + e)[:36]
+        assert epochs[0][e] == expected[0::2] and epochs[1][e] == expected[1::2]
+        assert len(a | b) == 36
+    assert epochs[0][0] != epochs[0][1] != epochs[0][2]                 # set_epoch: new order
+    dropped = [set(range(EQ["n"])) - set(epochs[0][e]) - set(epochs[1][e]) for e in range(3)]
+    assert all(len(d) == 1 for d in dropped) and len(set.union(*dropped)) > 1
+
+
+def test_one_all_reduce_per_optimizer_step_including_the_incomplete_last_group(equivalence):
+    ddp, _ = equivalence
+    for r in ddp:
+        assert r["calls"] == [1] * 9
+
+
+def test_without_no_sync_every_micro_step_all_reduces_for_the_same_result(equivalence):
+    _, oracle = equivalence
+    kwargs = {"optimizer": "sgd", "lr": 0.5, "optimizer_kwargs": {"momentum": 0.9}}
+    every = launch(workers.ddp_equivalence_run, WORLD, device="cpu",
+                   kwargs={**EQ, **kwargs, "no_sync": False})
+    for r in every:
+        assert r["calls"] == [2, 2, 1] * 3                 # K=2 micro-steps; the last group has 1
+        assert float((r["params"] - oracle["params"]).abs().max()) <= TOL
+        assert r["divergence"] == 0.0
+
+
+def test_global_order_sampler_is_the_interleaved_union_of_the_shards():
+    for n, world, drop_last in [(37, 2, True), (37, 2, False), (11, 3, True), (11, 3, False),
+                                (12, 3, True)]:
+        oracle = GlobalOrderSampler(range(n), world, seed=5, drop_last=drop_last)
+        shards = [DistributedSampler(range(n), world, r, seed=5, drop_last=drop_last)
+                  for r in range(world)]
+        for epoch in (0, 1):
+            oracle.set_epoch(epoch)
+            for s in shards:
+                s.set_epoch(epoch)
+            order = list(oracle)
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(5 + epoch)).tolist()
+            if drop_last:
+                assert order == perm[:n - n % world] and len(set(order)) == len(order)
+            else:
+                pad = -n % world                                     # repeats the first samples
+                assert order == perm + perm[:pad] and len(order) - len(set(order)) == pad
+            assert len(oracle) == len(order)
+            k, b = 2, 2                                              # global batch W*K*b
+            rank_groups = [list(s) for s in shards]
+            for start in range(0, len(rank_groups[0]), k * b):
+                union = sorted(i for g in rank_groups for i in g[start:start + k * b])
+                batch = order[start * world:(start + k * b) * world]
+                assert union == sorted(batch)
+
+
+@pytest.fixture(scope="module")
+def sync_variants(whoami):
+    return launch(sync_variants_job, WORLD, kwargs={"accumulation_steps": 4,
+                                                    "optimizer_steps": 2}, device="cpu")
+
+
+def test_sync_rules_on_real_ddp(sync_variants):
+    for r in sync_variants:
+        right, every = r["no_sync"], r["every_micro_step"]
+        assert right["synced_micro_steps"] == [[3], [3]] and right["all_reduces_per_step"] == [1, 1]
+        assert every["synced_micro_steps"] == [[0, 1, 2, 3]] * 2
+        assert every["all_reduces_per_step"] == [4, 4]
+        for entry in (right, every):
+            assert entry["grad_error"] <= TOL and entry["replica_divergence"] == 0.0
+        # the off-by-one (FunASR PR #3472) and the flag set at backward (build-nanogpt PR #30)
+        # both sync the first micro-step and not the last: caught by both checks
+        for bug in ("sync_first", "flag_at_backward"):
+            assert r[bug]["synced_micro_steps"] == [[0], [0]]
+            assert r[bug]["grad_error"] > 1e-3
+            assert r[bug]["replica_divergence"] > 1e-3
+
+
+def test_sync_schedule_marks_the_last_micro_step_of_every_group():
+    assert sync_schedule(5, 2) == [False, True, False, True, True]
+    assert sync_schedule(4, 2) == [False, True, False, True]
+    assert sync_schedule(1, 8) == [True]
+    for n in range(1, 12):
+        for k in range(1, 5):
+            flags = sync_schedule(n, k)
+            assert sum(flags) == math.ceil(n / k) and flags[-1]           # one sync per step
+            assert flags[:n - n % k] == [is_sync_step(i, k) for i in range(n - n % k)]
+    with pytest.raises(ValueError, match="accumulation_steps"):
+        sync_schedule(3, 0)
+
+
+def test_loss_weights_give_the_gradient_of_the_global_mean():
+    # oracle: autograd. Each rank back-propagates sum_i w_ri * mean loss_ri; DDP averages
+    # the ranks' gradients. That must equal the gradient of the mean over all samples.
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(3, generator=gen, dtype=torch.float64, requires_grad=True)
+    for sizes in ([[4, 4], [4, 4]], [[4, 4, 2], [4, 4, 2]], [[3], [2]], [[5, 1], [2], [3, 3, 3]],
+                  [[7]], [[0, 2], [1]]):
+        xs = [[torch.randn(n, 3, generator=gen, dtype=torch.float64) for n in row] for row in sizes]
+        weights = loss_weights(sizes)
+        ranks = []
+        for row, ws in zip(xs, weights):
+            loss = sum(wi * (x @ w).square().mean() for x, wi in zip(row, ws) if len(x))
+            ranks.append(torch.autograd.grad(loss, w)[0])
+        averaged = sum(ranks) / len(ranks)
+        everything = torch.cat([x for row in xs for x in row])
+        exact = torch.autograd.grad((everything @ w).square().mean(), w)[0]
+        assert torch.allclose(averaged, exact, rtol=1e-12, atol=1e-14), sizes
+    assert loss_weights([[8, 8, 3], [8, 8, 3]])[0] == [8 / 19, 8 / 19, 3 / 19]   # train's n_i/N
+    for bad in ([], [[]], [[0]], "ab", [[1, -1]]):
+        with pytest.raises((ValueError, TypeError)):
+            loss_weights(bad)
+
+
+@pytest.fixture(scope="module")
+def amp_runs(whoami):
+    common = {"n": 40, "micro_batch_size": 4, "accumulation_steps": 2, "epochs": 3, "seed": 1,
+              "optimizer": "sgd", "lr": 0.2}
+    return {name: launch(workers.ddp_equivalence_run, WORLD, device="cpu",
+                         kwargs={**common, **extra})
+            for name, extra in {"fp16": {"precision": "amp_fp16", "loss_scale": 2.0 ** 20,
+                                         "grad_clip": 0.5},
+                                "bf16": {"precision": "amp_bf16"}}.items()}
+
+
+def test_amp_inside_ddp_skips_and_clips_identically_on_every_rank(amp_runs):
+    fp16 = amp_runs["fp16"]
+    a, b = (r["history"] for r in fp16)
+    # loss scale 2**20 overflows fp16 gradients: the steps are skipped (and the scale
+    # halved) -- on both ranks alike, since both unscale the same all-reduced gradients
+    assert [h["skipped"] for h in a] == [h["skipped"] for h in b]
+    assert [h["scale"] for h in a] == [h["scale"] for h in b]
+    assert a[0]["skipped"] and a[0]["scale"] == 2.0 ** 20 and not a[-1]["skipped"]
+    # clipping after unscale: the step's gradient norm is at most grad_clip (unscaled units)
+    stepped = [(h, g) for h, g in zip(a, fp16[0]["grads"]) if not h["skipped"]]
+    assert any(h["grad_norm"] > 0.5 for h, _ in stepped)                # clipping was needed
+    for h, g in stepped:
+        assert h["grad_norm"] < 1e3                                       # unscaled, not x 2**17
+        assert float(g.norm()) <= min(h["grad_norm"], 0.5) * (1 + 1e-5)
+    for run in amp_runs.values():
+        assert run[0]["divergence"] == run[1]["divergence"] == 0.0
+        assert torch.equal(run[0]["params"], run[1]["params"])
+    bf16 = amp_runs["bf16"][0]
+    assert not any(h["skipped"] for h in bf16["history"])
+    assert all(h["scale"] == 1.0 for h in bf16["history"])
+
+
+def test_join_lets_ranks_with_different_numbers_of_batches_finish(whoami):
+    results = launch(uneven_inputs_job, WORLD, args=(True,), device="cpu", timeout=60)
+    assert [r["steps_done"] for r in results] == [3, 2]
+    assert all(r["replica_divergence"] == 0.0 for r in results)
+
+
+def test_train_ddp_refuses_what_it_cannot_do():
+    data = workers.toy_dataset(8)
+    with pytest.raises(RuntimeError, match="launch"):
+        train_ddp(workers.small_model(), data, micro_batch_size=2, epochs=1)
+    with pytest.raises(ValueError, match="micro_batch_size"):
+        train_ddp(workers.small_model(), data, micro_batch_size=0, epochs=1)
+    with pytest.raises(ValueError, match="comm_hook"):
+        train_ddp(workers.small_model(), data, micro_batch_size=2, epochs=1, comm_hook="int8")

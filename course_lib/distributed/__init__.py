@@ -27,6 +27,12 @@ NCCL between GPUs, chosen from the device. One idea per module:
   ``CommCounter`` + ``counting_hook`` (calls and bytes per step, observed).
 - ``fsdp``: FSDP2 ``fully_shard`` with ``MixedPrecisionPolicy``:
   ``shard_mixed_precision``, ``master_dtypes``, ``compute_dtypes``.
+- ``training``: ``train_ddp(model, dataset, micro_batch_size=, accumulation_steps=,
+  precision=, ...)`` -- data-parallel training with ``DistributedSampler``
+  (drop rule, ``set_epoch``), ``no_sync`` accumulation and the course's
+  recipes and steppers (through ``course_lib.train``); ``GlobalOrderSampler``
+  (the single-process oracle's order), ``replica_divergence``, the rules
+  ``sync_schedule`` and ``loss_weights``, and the sync/uneven-input experiments.
 - ``demos``: the worker functions chapter 07 launches to measure each claim.
 
 The command line ``python -m course_lib.distributed --nprocs 2 pkg.mod:fn``
@@ -45,9 +51,14 @@ from course_lib.distributed.launcher import launch, target_name
 from course_lib.distributed.process import WorkerInfo, current_worker, distributed_process
 from course_lib.distributed.teardown import live_parallel_modules, orderly_teardown
 from course_lib.distributed.torchrun import launch_script
+from course_lib.distributed.training import (DistributedTrainResult, GlobalOrderSampler,
+                                             loss_weights, replica_divergence, sync_schedule,
+                                             train_ddp)
 
 __all__ = ["accumulation_context", "is_sync_step", "backend_for", "free_port", "LaunchError",
            "LaunchTimeoutError", "NotImportableError", "RankDiedError", "RankRaisedError",
            "CommCounter", "CommStats", "bf16_fp32_sum_hook", "counting_hook", "fp16_compress_hook",
            "launch", "target_name", "WorkerInfo", "current_worker", "distributed_process",
-           "live_parallel_modules", "orderly_teardown", "launch_script"]
+           "live_parallel_modules", "orderly_teardown", "launch_script", "train_ddp",
+           "DistributedTrainResult", "GlobalOrderSampler", "replica_divergence", "sync_schedule",
+           "loss_weights"]

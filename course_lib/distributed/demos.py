@@ -189,10 +189,14 @@ def torch_bf16_findings() -> dict:
         dict: ``register_bf16_compress_hook`` ("accepted" or the error),
         ``bf16_all_reduce`` and ``int16_all_reduce`` ("ok: [values]" or the
         error's first line). Inputs: rank r contributes ``r + 1`` in every
-        element, so the right sum is ``W(W+1)/2``.
+        element, so the right sum is ``W(W+1)/2``. The probes run on a process
+        group of their own: a collective that fails (int16 on gloo) can leave
+        its group unusable, and the default group must stay healthy for the
+        orderly teardown's barrier.
     """
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import bf16_compress_hook
     found = {}
+    group = dist.new_group()
     probe = DistributedDataParallel(nn.Linear(2, 1))
     try:
         probe.register_comm_hook(None, bf16_compress_hook)
@@ -202,7 +206,7 @@ def torch_bf16_findings() -> dict:
     for key, dtype in (("bf16_all_reduce", torch.bfloat16), ("int16_all_reduce", torch.int16)):
         value = torch.full((3,), dist.get_rank() + 1, dtype=dtype)
         try:
-            dist.all_reduce(value)
+            dist.all_reduce(value, group=group)
             found[key] = f"ok: {value.tolist()}"
         except RuntimeError as err:
             found[key] = f"RuntimeError: {str(err).splitlines()[0]}"

@@ -16,6 +16,7 @@ CHAPTER_MODULES = (
     "ch04_loss_scaling",
     "ch05_automatic_mixed_precision",
     "ch06_bfloat16",
+    "ch07_ddp_gradient_accumulation",
     "ch08_quantization_aware_training",
     "ch09_benchmarking",
     "ch10_keras_appendix",
