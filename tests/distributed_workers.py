@@ -81,10 +81,13 @@ def return_unpicklable():
 
 def script_that_hangs() -> str:
     """Source of a torchrun script whose rank 0 waits in an all_reduce rank 1 never reaches."""
-    return ("import time, torch, torch.distributed as dist\n"
+    # "started" is printed before the slow imports, so the output check does not depend on how
+    # long torch takes to import on a loaded machine; the hang itself is after the group is up.
+    return ("import os\n"
+            "print('started', os.environ['RANK'], flush=True)\n"
+            "import time, torch, torch.distributed as dist\n"
             "from course_lib.distributed import distributed_process\n"
             "with distributed_process('cpu') as info:\n"
-            "    print('started', info.rank, flush=True)\n"
             "    if info.rank == 0:\n"
             "        dist.all_reduce(torch.ones(1))\n"
             "    else:\n"
