@@ -39,11 +39,13 @@ def default_device() -> str:
 def tune_cpu_threads(threads: int = 1) -> int:
     """On a CPU run, set torch's intra-op thread count; return the previous count.
 
-    The course's models are tiny (thousands of parameters, batches of 64): on
-    a small CPU, starting and synchronising threads costs more than the work,
-    and one thread trains them several times faster than two (chapter 09
-    measures it). Call this once at the top of a chapter that trains. On
-    CUDA it changes nothing and returns the current count.
+    The course's models are tiny (thousands of parameters, batches of 64): a
+    second thread buys them little, since forking and joining threads costs
+    about as much as the work, and when other programs compete for the cores
+    a thread that waits for one slows every step (chapter 09 measures both on
+    your machine). One thread also keeps timings steady. Call this once at the
+    top of a chapter that trains. On CUDA it changes nothing and returns the
+    current count.
 
     >>> previous = tune_cpu_threads(1); torch.get_num_threads()
     1
