@@ -169,13 +169,8 @@ class Recipe:
                    "master": "'dynamic', a number, None, or a course_lib.scaling LossScaler",
                    "grad_scaler": "'dynamic', a number (GradScaler's init_scale), None, or a "
                                   "torch.amp.GradScaler"}[self.stepper]
-        ok = {"plain": (),
-              "master": ("dynamic", LossScaler),
-              "grad_scaler": ("dynamic", torch.amp.GradScaler)}[self.stepper]
-        if loss_scale == "dynamic" and "dynamic" in ok:
-            return loss_scale
-        classes = tuple(c for c in ok if isinstance(c, type))
-        if classes and isinstance(loss_scale, classes):
+        scaler_class = {"master": LossScaler, "grad_scaler": torch.amp.GradScaler}.get(self.stepper)
+        if scaler_class is not None and (isinstance(loss_scale, scaler_class) or loss_scale == "dynamic"):
             return loss_scale
         raise (ValueError if loss_scale == "dynamic" else TypeError)(
             f"precision={self.name!r} (stepper {self.stepper!r}) takes as {what}: {allowed}; got "
